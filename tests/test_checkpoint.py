@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+from conftest import REFERENCE
+from safetensors.torch import save_file
+
+from yolo_accel.checkpoint import WeightsError, check_state_dict, load_model, read_weights, save_weights
+from yolo_accel.model import build_model
+from yolo_accel.ultralytics_import import UnsafeCheckpointError, import_ultralytics
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_yaml):
+    torch.manual_seed(0)
+    model = build_model(tiny_yaml)
+    with torch.no_grad():
+        model(torch.rand(4, 3, 64, 64))  # non-default norm statistics
+    return model.eval()
+
+
+def test_round_trip_rebuilds_from_the_file_alone(tiny, tmp_path):
+    path = save_weights(tiny, tmp_path / "w.safetensors", names=["a", "b", "c"], extra={"epoch": 3})
+    loaded = load_model(path).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), tiny(images))
+    assert loaded.names == ["a", "b", "c"]
+    _, metadata = read_weights(path)
+    assert metadata["format"] == "yolo-accel" and metadata["format_version"] == "1"
+    assert metadata["nc"] == "3" and metadata["stride"] == "[8.0, 16.0, 32.0]" and metadata["epoch"] == "3"
+    assert list(tmp_path.iterdir()) == [path]  # no temporary files left behind
+
+
+def test_failed_save_keeps_the_previous_file(tiny, tmp_path, monkeypatch):
+    path = save_weights(tiny, tmp_path / "w.safetensors")
+    before = path.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("yolo_accel.checkpoint.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_weights(tiny, path)
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(WeightsError, match=r"nope\.safetensors: file not found"):
+        load_model(tmp_path / "nope.safetensors")
+
+
+def test_not_a_safetensors_file(tmp_path):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(WeightsError, match=r"junk\.safetensors: not a readable safetensors file"):
+        load_model(path)
+
+
+def test_safetensors_without_metadata(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path))
+    with pytest.raises(WeightsError, match="no yolo-accel metadata"):
+        load_model(path)
+
+
+def test_shape_mismatch_names_the_keys(tiny):
+    other = build_model("yolov5n")
+    with pytest.raises(WeightsError, match=r"m\.safetensors: weights do not fit.*shape mismatch: "
+                       r"model\.0\.conv\.weight"):
+        check_state_dict(other, tiny.state_dict(), "m.safetensors")
+
+
+def test_missing_and_unexpected_keys_are_named(tiny):
+    state = dict(tiny.state_dict())
+    state["model.99.weight"] = state.pop("model.24.anchors")
+    with pytest.raises(WeightsError, match=r"missing keys: model\.24\.anchors.*unexpected keys: model\.99\.weight"):
+        check_state_dict(tiny, state, "x")
+
+
+class Payload:
+    """Unpickling this calls os.system: the classic malicious checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_torch_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Payload(marker), "epoch": 1}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.pt: refused global '(posix|os)\.system'"):
+        import_ultralytics(path)
+    assert not marker.exists()
+
+
+def test_malicious_legacy_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps(Payload(marker), protocol=2))
+    with pytest.raises(UnsafeCheckpointError, match="refused global"):
+        import_ultralytics(path)
+    assert not marker.exists()
+
+
+def test_builtins_eval_is_refused(tmp_path):
+    path = tmp_path / "eval.pt"
+    path.write_bytes(b"cbuiltins\neval\n(V1+1\ntR.")
+    with pytest.raises(UnsafeCheckpointError, match=r"builtins\.eval"):
+        import_ultralytics(path)
+
+
+def test_a_plain_state_dict_is_not_a_yolov5_checkpoint(tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save({"weight": torch.zeros(2)}, path)
+    with pytest.raises(WeightsError, match="not a YOLOv5 checkpoint"):
+        import_ultralytics(path)
+
+
+def test_load_model_accepts_ultralytics_pt():
+    model = load_model(REFERENCE / "tiny_ultralytics.pt")
+    assert model.names == ["red", "green", "blue"] and model.nc == 3

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REFERENCE
+from typer.testing import CliRunner
+
+from yolo_accel.checkpoint import read_weights
+from yolo_accel.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("train", "val", "detect", "export", "evolve", "convert", "info"):
+        assert command in result.output
+
+
+def test_info_prints_the_reference_summary_line():
+    expected = json.loads((REFERENCE / "models.json").read_text())["yolov5s"]["summary"]["line"]
+    result = runner.invoke(app, ["info", "--model", "yolov5s.yaml", "--img", "640"])
+    assert result.exit_code == 0, result.output
+    assert f"YOLOv5s summary: {expected}" in result.output
+    assert "SPPF" in result.output and "Detect" in result.output
+
+
+def test_info_unknown_model_exits_non_zero():
+    result = runner.invoke(app, ["info", "--model", "yolov5q"])
+    assert result.exit_code == 1
+    assert "yolov5q: no such file" in result.output
+
+
+@pytest.mark.parametrize("command", ["train", "val", "detect", "export", "evolve"])
+def test_unavailable_commands_say_so_and_fail(command):
+    result = runner.invoke(app, [command, "--epochs", "1"])
+    assert result.exit_code == 3
+    assert "not available" in result.output
+
+
+def test_convert_then_info(tmp_path):
+    out = tmp_path / "tiny.safetensors"
+    result = runner.invoke(app, ["convert", str(REFERENCE / "tiny_ultralytics.pt"), str(out)])
+    assert result.exit_code == 0, result.output
+    _, metadata = read_weights(out)
+    assert json.loads(metadata["names"]) == ["red", "green", "blue"]
+    assert metadata["converted_from"] == "tiny_ultralytics.pt"
+    info = runner.invoke(app, ["info", "--weights", str(out), "--no-verbose"])
+    assert info.exit_code == 0 and "tiny summary: 214 layers" in info.output
+
+
+def test_convert_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "keep.safetensors"
+    out.write_bytes(b"precious")
+    result = runner.invoke(app, ["convert", str(REFERENCE / "tiny_ultralytics.pt"), str(out)])
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert out.read_bytes() == b"precious"
+
+
+def test_convert_missing_source(tmp_path):
+    result = runner.invoke(app, ["convert", str(tmp_path / "none.pt"), str(tmp_path / "o.safetensors")])
+    assert result.exit_code == 1 and "none.pt: file not found" in result.output

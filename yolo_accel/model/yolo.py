@@ -1,0 +1,252 @@
+"""YOLOv5 detection model built from a model yaml (v7.0 schema), and its Detect head."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, check_keys, read_yaml, resolve_config
+from .blocks import C3, SPPF, Bottleneck, Concat, Conv
+
+MODEL_KEYS = {"nc", "depth_multiple", "width_multiple", "anchors", "backbone", "head", "ch", "activation",
+              "inplace"}
+# modules whose first arg is output channels (scaled by width_multiple) and whose first input is ch[from]
+CHANNEL_MODULES = {"Conv": Conv, "Bottleneck": Bottleneck, "C3": C3, "SPPF": SPPF}
+REPEAT_MODULES = {"C3"}  # the depth repeat goes into the module, not an nn.Sequential around it
+ACTIVATIONS = {"nn.SiLU": nn.SiLU, "nn.ReLU": nn.ReLU, "nn.Hardswish": nn.Hardswish, "nn.LeakyReLU": nn.LeakyReLU}
+
+
+def make_divisible(x: float, divisor: int) -> int:
+    return math.ceil(x / divisor) * divisor
+
+
+class Detect(nn.Module):
+    """Per-level 1x1 convs to na*(5+nc) channels; in eval mode also decodes boxes to input pixels.
+
+    `anchors` (nl, na, 2) is kept in grid units of each level (pixels / stride), as Ultralytics stores it.
+    """
+
+    def __init__(self, nc: int, anchors: list[list[float]], ch: list[int]):
+        super().__init__()
+        self.nc = nc
+        self.no = nc + 5
+        self.nl = len(anchors)
+        self.na = len(anchors[0]) // 2
+        self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))
+        self.register_buffer("stride", torch.ones(self.nl), persistent=False)  # set by DetectionModel
+        self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
+        self._grids: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """x: per-level features. Train: list of (B, na, H, W, 5+nc) raw maps.
+        Eval: (decoded (B, N, 5+nc) with xywh in pixels and sigmoid scores, raw maps)."""
+        raw, decoded = [], []
+        for i in range(self.nl):
+            y = self.m[i](x[i])
+            bs, _, ny, nx = y.shape
+            y = y.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            raw.append(y)
+            if not self.training:
+                grid, anchor_grid = self._grid(i, nx, ny)
+                xy, wh, conf = y.sigmoid().split((2, 2, self.nc + 1), 4)
+                xy = (xy * 2 + grid) * self.stride[i]
+                wh = (wh * 2) ** 2 * anchor_grid
+                decoded.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * ny * nx, self.no))
+        return raw if self.training else (torch.cat(decoded, 1), raw)
+
+    def _grid(self, i: int, nx: int, ny: int) -> tuple[torch.Tensor, torch.Tensor]:
+        anchors = self.anchors[i]
+        shape = 1, self.na, ny, nx, 2
+        key = (i, nx, ny, anchors.device, anchors.dtype)
+        grid = self._grids.get(key)
+        if grid is None:
+            ys = torch.arange(ny, device=anchors.device, dtype=anchors.dtype)
+            xs = torch.arange(nx, device=anchors.device, dtype=anchors.dtype)
+            yv, xv = torch.meshgrid(ys, xs, indexing="ij")
+            grid = torch.stack((xv, yv), 2).expand(shape) - 0.5  # centre offset: xy = 2 * sigmoid - 0.5
+            self._grids = {k: v for k, v in self._grids.items() if k[0] != i}  # keep one size per level
+            self._grids[key] = grid
+        anchor_grid = (anchors * self.stride[i]).view(1, self.na, 1, 1, 2).expand(shape)
+        return grid, anchor_grid
+
+    @torch.no_grad()
+    def initialize_biases(self) -> None:
+        """Objectness prior of ~8 objects per 640 image, class prior 0.6/nc (YOLOv5 v7.0)."""
+        for conv, s in zip(self.m, self.stride.tolist()):
+            b = conv.bias.view(self.na, -1)
+            b[:, 4] += math.log(8 / (640 / s) ** 2)
+            b[:, 5:5 + self.nc] += math.log(0.6 / (self.nc - 0.99999))
+
+
+class DetectionModel(nn.Module):
+    """A YOLOv5 detector. `model` is an nn.Sequential so keys read `model.0.conv.weight` ... `model.24.anchors`.
+
+    forward(images (B, 3, H, W) float in [0, 1]):
+      train mode -> list of raw maps (B, na, H/s, W/s, 5+nc), one per level;
+      eval mode  -> decoded (B, N, 5+nc): xywh in input pixels, objectness and class scores in [0, 1];
+                    with `with_raw=True`, (decoded, raw maps) for validation losses.
+    """
+
+    def __init__(self, cfg: dict[str, Any], nc: int | None = None, anchors: list | None = None,
+                 source: str = "model yaml"):
+        super().__init__()
+        cfg = copy.deepcopy(cfg)
+        check_keys(cfg, MODEL_KEYS, {"nc", "depth_multiple", "width_multiple", "anchors", "backbone", "head"}, source)
+        if nc is not None:
+            cfg["nc"] = int(nc)
+        if anchors is not None:
+            cfg["anchors"] = anchors
+        cfg.setdefault("ch", 3)
+        self.yaml = cfg
+        self.model, self.sources, self.save = parse_model(cfg, source)
+        self.names = [str(i) for i in range(cfg["nc"])]
+
+        detect = self.model[-1]
+        probe = 256  # 2x the largest stride of P5 models; P6 also divides it
+        with torch.no_grad():
+            maps = self.forward(torch.zeros(1, cfg["ch"], probe, probe))
+        detect.stride.copy_(torch.tensor([probe / m.shape[-3] for m in maps]))
+        apply_anchor_order(detect)
+        detect.anchors /= detect.stride.view(-1, 1, 1)
+        detect.initialize_biases()
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = 0.03  # after the probe, which (as in yolov5) ran at momentum 0.1
+
+    @property
+    def stride(self) -> torch.Tensor:
+        return self.model[-1].stride
+
+    @property
+    def nc(self) -> int:
+        return self.model[-1].nc
+
+    def forward(self, x: torch.Tensor, with_raw: bool = False):
+        outputs: list[torch.Tensor | None] = []
+        for layer, src in zip(self.model, self.sources):
+            if src != -1:
+                x = outputs[src] if isinstance(src, int) else [x if j == -1 else outputs[j] for j in src]
+            x = layer(x)
+            outputs.append(x if len(outputs) in self.save else None)
+        if self.training or with_raw:
+            return x
+        return x[0]
+
+    def fuse(self) -> DetectionModel:
+        """Fold every BatchNorm into its conv (inference only)."""
+        for module in self.model.modules():
+            if isinstance(module, Conv):
+                module.fuse()
+        return self
+
+
+def apply_anchor_order(detect: Detect) -> None:
+    """Flip anchors in place if their areas do not grow with stride (a yaml listing them P5-first)."""
+    area = detect.anchors.prod(-1).mean(-1).view(-1)
+    d_area, d_stride = area[-1] - area[0], detect.stride[-1] - detect.stride[0]
+    if d_area and d_area.sign() != d_stride.sign():
+        detect.anchors[:] = detect.anchors.flip(0)
+
+
+def _activation(spec: Any, source: str) -> nn.Module:
+    match = re.fullmatch(r"\s*(nn\.\w+)\(\s*([-+0-9.eE]*)\s*\)\s*", str(spec))
+    if not match or match.group(1) not in ACTIVATIONS:
+        raise ConfigError(f"{source}: unsupported activation {spec!r} (use one of "
+                          f"{', '.join(k + '()' for k in ACTIVATIONS)})")
+    cls, arg = ACTIVATIONS[match.group(1)], match.group(2)
+    return cls(float(arg)) if arg else cls()
+
+
+def _resolve_arg(arg: Any, cfg: dict[str, Any]) -> Any:
+    """yaml args may name 'nc', 'anchors' or 'None' as strings; everything else stays as written."""
+    if arg == "nc":
+        return cfg["nc"]
+    if arg == "anchors":
+        return cfg["anchors"]
+    if arg == "None":
+        return None
+    return arg
+
+
+def parse_model(cfg: dict[str, Any], source: str) -> tuple[nn.Sequential, list, set[int]]:
+    """Build layers from backbone+head rows `[from, number, module, args]` with YOLOv5 v7.0 scaling rules.
+
+    Returns (layers, sources per layer, indices whose outputs later layers read).
+    """
+    nc, gd, gw, anchors = cfg["nc"], cfg["depth_multiple"], cfg["width_multiple"], cfg["anchors"]
+    if not isinstance(nc, int) or nc < 1:
+        raise ConfigError(f"{source}: nc must be a positive integer, got {nc!r}")
+    if not isinstance(anchors, list) or not anchors:
+        raise ConfigError(f"{source}: anchors must be a list of per-level [w, h, ...] lists")
+    na = len(anchors[0]) // 2
+    outputs_per_level = na * (nc + 5)
+    # yolov5 parity: one activation instance shared by every Conv, so module counts match its summary
+    act = _activation(cfg["activation"], source) if cfg.get("activation") else nn.SiLU()
+    rows = list(cfg["backbone"]) + list(cfg["head"])
+    layers, sources, save, ch = [], [], set(), [cfg["ch"]]
+    for i, row in enumerate(rows):
+        if not (isinstance(row, list) and len(row) == 4):
+            raise ConfigError(f"{source}: layer {i} must be [from, number, module, args], got {row!r}")
+        src, n, name, args = row
+        args = [_resolve_arg(a, cfg) for a in args]
+        n = max(round(n * gd), 1) if n > 1 else n
+        try:
+            kwargs: dict[str, Any] = {}
+            if name in CHANNEL_MODULES:
+                c1, c2 = ch[src], args[0]
+                if c2 != outputs_per_level:
+                    c2 = make_divisible(c2 * gw, 8)
+                args = [c1, c2, *args[1:]]
+                if name in REPEAT_MODULES:
+                    args.insert(2, n)
+                    n = 1
+                cls, kwargs = CHANNEL_MODULES[name], {"act": act}
+            elif name == "Concat":
+                cls, c2 = Concat, sum(ch[j] for j in src)
+            elif name in ("nn.Upsample", "Upsample"):
+                cls, c2 = nn.Upsample, ch[src]
+            elif name == "Detect":
+                if isinstance(args[1], int):  # a number of anchors: placeholders, replaced by AutoAnchor
+                    args[1] = [list(range(args[1] * 2))] * len(src)
+                if len(args[1]) != len(src):
+                    raise ConfigError(f"{source}: Detect reads {len(src)} levels but anchors has {len(args[1])}")
+                cls = Detect
+                args.append([ch[j] for j in src])
+            else:
+                raise ConfigError(f"{source}: layer {i}: unknown module {name!r} (supported: "
+                                  f"{', '.join([*CHANNEL_MODULES, 'Concat', 'nn.Upsample', 'Detect'])})")
+            layer = nn.Sequential(*(cls(*args, **kwargs) for _ in range(n))) if n > 1 else cls(*args, **kwargs)
+        except (IndexError, TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: layer {i} {row!r}: {err}") from None
+        sources.append(src)
+        save.update(j % i for j in ([src] if isinstance(src, int) else src) if j != -1)
+        layers.append(layer)
+        if i == 0:
+            ch = []
+        ch.append(c2)
+    if not isinstance(layers[-1], Detect):
+        raise ConfigError(f"{source}: the last layer must be Detect")
+    return nn.Sequential(*layers), sources, save
+
+
+def load_model_yaml(cfg: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A model yaml dict and a name for messages, from a dict, a path, or a shipped name like 'yolov5s'."""
+    if isinstance(cfg, dict):
+        return cfg, "model yaml"
+    path = resolve_config(cfg, "models")
+    return read_yaml(path), str(path)
+
+
+def build_model(cfg: str | Path | dict[str, Any], nc: int | None = None,
+                anchors: list | None = None) -> DetectionModel:
+    """Build a freshly initialised model from a yaml (dict, path or shipped name)."""
+    data, source = load_model_yaml(cfg)
+    model = DetectionModel(data, nc=nc, anchors=anchors, source=source)
+    model.yaml_file = Path(source).name if source != "model yaml" else None
+    return model
