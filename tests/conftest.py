@@ -7,6 +7,7 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = FIXTURES / "reference"
+ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(FIXTURES))  # seeded_weights helper shared with the fixture generator
 
 

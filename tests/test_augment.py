@@ -1,0 +1,118 @@
+"""Every transform keeps boxes on their pixels: draw a box, transform, check the drawn pixels sit in the new box."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT
+
+from yolo_accel.data.augment import augment_hsv, box_candidates, copy_paste, letterbox, mixup, random_perspective
+
+HYP = yaml.safe_load((ROOT / "configs/hyps/hyp.scratch-low.yaml").read_text())
+
+
+def drawn_image(h=96, w=128, box=(30, 20, 70, 60)):
+    image = np.zeros((h, w, 3), np.uint8)
+    x1, y1, x2, y2 = box
+    image[y1:y2, x1:x2] = 255
+    return image, np.array([[0, x1, y1, x2, y2]], np.float64)
+
+
+def assert_box_frames_pixels(image, box, tol=1.5):
+    """White pixels lie inside the box and reach each of its edges (within tol pixels)."""
+    ys, xs = np.nonzero(image[..., 0] > 200)
+    assert len(xs), "the object disappeared"
+    x1, y1, x2, y2 = box
+    # a white pixel (i, j) covers [j, j+1) x [i, i+1)
+    assert xs.min() >= x1 - tol and xs.max() + 1 <= x2 + tol and ys.min() >= y1 - tol and ys.max() + 1 <= y2 + tol
+    assert abs(xs.min() - x1) <= tol + 1 and abs(xs.max() + 1 - x2) <= tol + 1
+    assert abs(ys.min() - y1) <= tol + 1 and abs(ys.max() + 1 - y2) <= tol + 1
+
+
+@pytest.mark.parametrize("shape", [(128, 128), (64, 160), (200, 96)])
+def test_letterbox_keeps_boxes(shape):
+    image, labels = drawn_image()
+    out, (rw, rh), (left, top) = letterbox(image, shape)
+    assert out.shape[:2] == shape
+    x1, y1, x2, y2 = labels[0, 1:]
+    assert_box_frames_pixels(out, (x1 * rw + left, y1 * rh + top, x2 * rw + left, y2 * rh + top))
+    assert (out[:top] == 114).all() and (out[:, :left] == 114).all()
+
+
+def test_letterbox_auto_pads_to_stride():
+    image, _ = drawn_image(100, 150)
+    out, _, _ = letterbox(image, 128, auto=True, stride=32)
+    assert out.shape[0] % 32 == 0 and out.shape[1] % 32 == 0 and max(out.shape[:2]) == 128
+
+
+@pytest.mark.parametrize("params", [
+    dict(degrees=0, translate=0.1, scale=0.5, shear=0, perspective=0),
+    dict(degrees=30, translate=0.1, scale=0.3, shear=0, perspective=0),
+    dict(degrees=0, translate=0.0, scale=0.2, shear=10, perspective=0),
+    dict(degrees=5, translate=0.05, scale=0.1, shear=2, perspective=0.0005),
+])
+def test_random_perspective_keeps_boxes(params):
+    for seed in range(6):
+        image, labels = drawn_image()
+        out, new = random_perspective(image, labels.copy(), rng=np.random.default_rng(seed), **params)
+        if not len(new):
+            continue
+        if params["degrees"] or params["shear"] or params["perspective"]:
+            # a rotated/sheared rectangle's enclosing box: pixels inside, corners touch the edges
+            assert_box_frames_pixels(out, new[0, 1:], tol=2.0)
+        else:
+            assert_box_frames_pixels(out, new[0, 1:])
+
+
+def test_random_perspective_border_crops_like_mosaic():
+    image, labels = drawn_image(256, 256, (100, 100, 180, 160))
+    out, new = random_perspective(image, labels, rng=np.random.default_rng(0), degrees=0, translate=0.1, scale=0.5,
+                                  shear=0, perspective=0, border=(-64, -64))
+    assert out.shape[:2] == (128, 128)
+    if len(new):
+        assert_box_frames_pixels(out, new[0, 1:])
+
+
+def test_box_candidates_filters_slivers():
+    before = np.array([[0, 0, 100, 100], [0, 0, 100, 100], [0, 0, 100, 100]], float).T
+    after = np.array([[0, 0, 50, 50], [0, 0, 1.5, 50], [0, 0, 9, 9]], float).T
+    assert box_candidates(before, after).tolist() == [True, False, False]
+
+
+def test_hsv_changes_colour_but_not_geometry():
+    image, _labels = drawn_image()
+    image[..., 1] = 80  # some colour everywhere
+    out = augment_hsv(image.copy(), np.random.default_rng(3), 0.5, 0.7, 0.4)
+    assert out.shape == image.shape and not np.array_equal(out, image)
+    changed = np.abs(out.astype(int) - image.astype(int)).sum(2)
+    inside, outside = changed[20:60, 30:70], np.delete(changed, np.s_[20:60], axis=0)
+    assert inside.std() < 8 and outside.std() < 8  # a per-colour mapping: uniform regions stay uniform
+
+
+def test_flips_move_normalised_boxes(tmp_path):
+    image, labels = drawn_image()
+    flipped = image[:, ::-1]
+    w = image.shape[1]
+    x1, y1, x2, y2 = labels[0, 1:]
+    assert_box_frames_pixels(flipped, (w - x2, y1, w - x1, y2))
+
+
+def test_mixup_blends_and_keeps_both_label_sets():
+    a, la = drawn_image(box=(10, 10, 40, 40))
+    b, lb = drawn_image(box=(60, 50, 100, 90))
+    out, labels = mixup(a, la, b, lb, np.random.default_rng(0))
+    assert len(labels) == 2
+    assert 90 < out[20, 20, 0] < 165 and 90 < out[70, 80, 0] < 165  # both objects at roughly half intensity
+
+
+def test_copy_paste_mirrors_segmented_objects_inside_their_new_boxes():
+    image, labels = drawn_image(96, 128, (10, 20, 40, 60))
+    segment = np.array([[10, 20], [40, 20], [40, 60], [10, 60]], float)
+    out, new_labels, segments = copy_paste(image, labels, [segment], p=1.0, rng=np.random.default_rng(0))
+    assert len(new_labels) == 2 and len(segments) == 2
+    x1, y1, x2, y2 = new_labels[1, 1:]
+    assert (x1, x2) == (128 - 40, 128 - 10)
+    right = out.copy()
+    right[:, :64] = 0
+    assert_box_frames_pixels(right, (x1, y1, x2, y2))

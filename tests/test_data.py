@@ -1,0 +1,316 @@
+"""Dataset yaml forms, scanning and verification, the label cache, loading, and determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import ROOT
+from PIL import Image
+
+from yolo_accel.config import ConfigError
+from yolo_accel.data.dataset import YoloDataset, check_labels
+from yolo_accel.data.labels import load_image_file, scan_labels
+from yolo_accel.data.loader import build_dataloader
+from yolo_accel.data.sources import DataError, label_path, list_images, load_data_config
+
+HYP = yaml.safe_load((ROOT / "configs/hyps/hyp.scratch-low.yaml").read_text())
+
+
+def write_image(path, size=(64, 48), color=(20, 20, 20), boxes=(), fmt=None):
+    """An image with white rectangles; returns YOLO label rows for them (class 0)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.zeros((size[1], size[0], 3), np.uint8)
+    image[:] = color
+    rows = []
+    for x1, y1, x2, y2 in boxes:
+        image[y1:y2, x1:x2] = 255
+        w, h = size
+        rows.append(f"0 {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
+    Image.fromarray(image).save(path, format=fmt)
+    return rows
+
+
+def make_split(root, split, count=4, size=(64, 48), boxes=((8, 8, 30, 30), (34, 10, 60, 40))):
+    for i in range(count):
+        rows = write_image(root / "images" / split / f"{i}.png", size=size, boxes=boxes)
+        label = root / "labels" / split / f"{i}.txt"
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text("\n".join(rows) + "\n")
+
+
+def write_yaml(yaml_file, **data):
+    yaml_file.write_text(yaml.safe_dump(data))
+    return yaml_file
+
+
+def snapshot(folder):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def dataset_root(tmp_path):
+    root = tmp_path / "ds"
+    make_split(root, "train")
+    make_split(root, "val", count=2)
+    return root
+
+
+# yaml forms
+
+
+def test_folder_form_with_relative_path(dataset_root):
+    cfg = load_data_config(write_yaml(dataset_root.parent / "d.yaml", path="ds", train="images/train",
+                                      val="images/val", names=["box"]))
+    assert cfg.root == dataset_root and cfg.nc == 1
+    assert [p.name for p in list_images(cfg, "train")] == ["0.png", "1.png", "2.png", "3.png"]
+
+
+def test_list_of_folders_and_dict_names(dataset_root):
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", path=str(dataset_root),
+                                      train=["images/train", "images/val"], val="images/val",
+                                      names={0: "box", 1: "other"}))
+    assert len(list_images(cfg, "train")) == 6 and cfg.names == ["box", "other"]
+
+
+def test_txt_list_form(dataset_root):
+    (dataset_root / "train.txt").write_text("./images/train/0.png\nimages/train/1.png\n")
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="train.txt", val="images/val", names=["box"]))
+    assert [p.name for p in list_images(cfg, "train")] == ["0.png", "1.png"]
+
+
+def test_glob_form(dataset_root):
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train/[12].png", val="images/val",
+                                      names=["box"]))
+    assert [p.name for p in list_images(cfg, "train")] == ["1.png", "2.png"]
+
+
+def test_path_defaults_to_the_yaml_folder(dataset_root):
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", val="images/val", nc=1,
+                                      names=["box"]))
+    assert cfg.root == dataset_root
+
+
+def test_nc_must_match_names(dataset_root):
+    with pytest.raises(ConfigError, match="nc=3 but 1 names"):
+        load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", nc=3, names=["box"]))
+
+
+def test_missing_data_names_the_download_url(tmp_path):
+    cfg = load_data_config(write_yaml(tmp_path / "d.yaml", path="nowhere", train="images/train", val="images/val",
+                                      names=["a"], download="https://example.com/data.zip"))
+    with pytest.raises(DataError, match=r"train data not found at .*nowhere/images/train.*https://example\.com"):
+        list_images(cfg, "train")
+
+
+def test_shipped_coco128_without_data_says_where_to_get_it():
+    cfg = load_data_config("coco128")
+    assert cfg.nc == 80 and cfg.names[0] == "person" and cfg.names[79] == "toothbrush"
+    if not cfg.splits["train"][0].exists():
+        with pytest.raises(DataError, match="does not download"):
+            list_images(cfg, "train")
+
+
+def test_label_path_replaces_the_last_images_folder():
+    assert str(label_path(__import__("pathlib").Path("/d/images/x/images/a.b.jpg"))) == "/d/images/x/labels/a.b.txt"
+
+
+# scanning and verification
+
+
+def test_bad_inputs_are_reported_per_file_and_skipped(dataset_root, caplog):
+    train = dataset_root / "images" / "train"
+    labels = dataset_root / "labels" / "train"
+    (train / "corrupt.jpg").write_bytes(b"not an image at all")
+    write_image(train / "tiny.png", size=(5, 5))
+    write_image(train / "cols.png")
+    (labels / "cols.txt").write_text("0 0.5 0.5 0.2\n")
+    write_image(train / "neg.png")
+    (labels / "neg.txt").write_text("0 -0.5 0.5 0.2 0.2\n")
+    write_image(train / "big.png")
+    (labels / "big.txt").write_text("0 0.5 0.5 1.7 0.2\n")
+    write_image(train / "dup.png")
+    (labels / "dup.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n")
+    write_image(train / "poly.png")
+    (labels / "poly.txt").write_text("1 0.1 0.1 0.5 0.1 0.5 0.3 0.1 0.3\n")
+    write_image(train / "background.png")
+    write_image(train / "empty.png")
+    (labels / "empty.txt").write_text("")
+    truncated = train / "trunc.jpg"
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(truncated, format="JPEG", quality=90)
+    truncated.write_bytes(truncated.read_bytes()[:-300])
+    before = snapshot(dataset_root)
+
+    with caplog.at_level(logging.WARNING, logger="yolo_accel"):
+        index = scan_labels(list_images(load_data_config(write_yaml(dataset_root.parent / "d.yaml", path="ds",
+                                                         train="images/train", names=["a", "b"])), "train"))
+    text = caplog.text
+    assert "corrupt.jpg: ignoring corrupt image" in text
+    assert "tiny.png: ignoring corrupt image: image size 5x5 is under 10 pixels" in text
+    assert "cols.txt: ignoring image and label: labels need 5 columns" in text
+    assert "neg.txt: ignoring image and label: negative label values" in text
+    assert "big.txt: ignoring image and label: non-normalised or out of bounds" in text
+    assert "dup.png: 1 duplicate labels removed" in text
+    assert "trunc.jpg: truncated JPEG, restored when loaded" in text
+    names = {p.name: i for i, p in enumerate(index.images)}
+    assert set(names) == {"0.png", "1.png", "2.png", "3.png", "dup.png", "poly.png", "background.png",
+                          "empty.png", "trunc.jpg"}
+    assert index.counts == {"found": 6, "missing": 2, "empty": 1, "corrupt": 5}
+    assert index.summary() == "9 images, 3 backgrounds, 5 corrupt"
+    assert len(index.labels[names["dup.png"]]) == 1
+    np.testing.assert_allclose(index.labels[names["poly.png"]], [[1, 0.3, 0.2, 0.4, 0.2]], atol=1e-6)
+    assert len(index.segments[names["poly.png"]]) == 1
+    restored = load_image_file(index.images[names["trunc.jpg"]], restore=True)
+    assert restored.shape == (64, 64, 3)
+    after = snapshot(dataset_root)
+    assert {p for p in after if p not in before} == {dataset_root / "labels" / "train.cache"}
+    assert all(after[p] == h for p, h in before.items())  # nothing in the dataset was modified
+
+
+def test_class_id_beyond_nc_stops_with_a_fix(dataset_root):
+    (dataset_root / "labels" / "train" / "2.txt").write_text("4 0.5 0.5 0.2 0.2\n")
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", names=["a", "b"]))
+    dataset = YoloDataset(scan_labels(list_images(cfg, "train")))
+    with pytest.raises(DataError, match=r"label class 4 exceeds nc=2 \(e.g. in .*2\.png\)"):
+        check_labels(dataset, cfg.nc, str(cfg.source))
+
+
+def test_no_labels_at_all_stops(dataset_root):
+    for f in (dataset_root / "labels" / "train").iterdir():
+        f.unlink()
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", names=["a"]))
+    with pytest.raises(DataError, match="no labels found in 4 training images"):
+        check_labels(YoloDataset(scan_labels(list_images(cfg, "train"))), 1, "d.yaml")
+
+
+# cache
+
+
+def test_cache_is_reused_then_rebuilt_when_stale(dataset_root, caplog):
+    images = list_images(load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train",
+                                                     names=["a"])), "train")
+    first = scan_labels(images)
+    cache = dataset_root / "labels" / "train.cache"
+    with np.load(cache, allow_pickle=False) as z:  # loads without pickle support: no code can run
+        assert int(z["version"]) == 1
+    with caplog.at_level(logging.INFO, logger="yolo_accel"):
+        again = scan_labels(images)
+    assert "(cached)" in caplog.text
+    assert [x.tolist() for x in again.labels] == [x.tolist() for x in first.labels]
+    (dataset_root / "labels" / "train" / "1.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="yolo_accel"):
+        fresh = scan_labels(images)
+    assert "(cached)" not in caplog.text
+    assert fresh.labels[1].tolist() == [[0, 0.5, 0.5, 0.25, 0.25]]
+
+
+def test_a_corrupt_cache_file_is_rebuilt(dataset_root):
+    images = list_images(load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train",
+                                                     names=["a"])), "train")
+    (dataset_root / "labels" / "train.cache").write_bytes(b"garbage")
+    assert len(scan_labels(images).images) == 4
+
+
+def test_read_only_dataset_still_works(dataset_root, monkeypatch, caplog):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("yolo_accel.data.labels.atomic_write", refuse)
+    images = list_images(load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train",
+                                                     names=["a"])), "train")
+    with caplog.at_level(logging.WARNING, logger="yolo_accel"):
+        index = scan_labels(images)
+    assert len(index.images) == 4 and "label cache not saved" in caplog.text
+
+
+# loading
+
+
+def test_exif_orientation_and_modes_are_handled(tmp_path):
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:, :10] = 255  # white on the left
+    pil = Image.fromarray(image)
+    exif = pil.getexif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
+    pil.save(tmp_path / "rot.jpg", exif=exif, quality=100)
+    loaded = load_image_file(tmp_path / "rot.jpg")
+    assert loaded.shape == (40, 20, 3) and loaded[:10].mean() > 200 and loaded[30:].mean() < 50
+
+    Image.fromarray(np.full((12, 12), 7, np.uint8), "L").save(tmp_path / "grey.png")
+    Image.new("RGBA", (12, 12), (1, 2, 3, 0)).save(tmp_path / "alpha.png")
+    Image.fromarray(np.full((12, 12), 65535, np.uint16)).save(tmp_path / "deep.png")
+    assert load_image_file(tmp_path / "grey.png")[0, 0].tolist() == [7, 7, 7]
+    assert load_image_file(tmp_path / "alpha.png")[0, 0].tolist() == [1, 2, 3]
+    assert load_image_file(tmp_path / "deep.png")[0, 0].tolist() == [255, 255, 255]
+
+
+def white_fraction(image, box):
+    x, y, w, h = box
+    size = image.shape[1]
+    x1, y1, x2, y2 = (round(v * size) for v in (x - w / 2 + 0.01, y - h / 2 + 0.01, x + w / 2 - 0.01,
+                                                 y + h / 2 - 0.01))
+    region = image[0, y1 + 1:y2 - 1, x1 + 1:x2 - 1]
+    return (region > 200).mean() if region.size else 1.0
+
+
+def test_mosaic_boxes_follow_the_pixels(dataset_root):
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", names=["a"]))
+    hyp = dict(HYP, hsv_h=0, hsv_s=0, hsv_v=0)  # keep white white
+    dataset = YoloDataset(scan_labels(list_images(cfg, "train")), imgsz=128, augment=True, hyp=hyp)
+    seen = 0
+    for epoch in range(3):
+        for i in range(len(dataset)):
+            image, labels, _, shapes = dataset[(epoch, i)]
+            assert image.dtype == torch.uint8 and image.shape == (3, 128, 128) and shapes is None
+            for box in labels[:, 2:].tolist():
+                if box[2] * 128 > 6 and box[3] * 128 > 6:
+                    assert white_fraction(image.numpy(), box) > 0.9
+                    seen += 1
+    assert seen > 10
+
+
+def test_val_letterbox_boxes_map_back_to_the_original(dataset_root):
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", val="images/val",
+                                      names=["a"]))
+    dataset = YoloDataset(scan_labels(list_images(cfg, "val")), imgsz=96, rect=True, batch_size=2)
+    image, labels, _, ((_h0, _w0), ((_gain_h, gain_w), (pad_x, _pad_y))) = dataset[0]
+    assert image.shape == (3, 96, 128 * 96 // 128) or image.shape[1] % 32 == 0
+    for box in labels[:, 2:].tolist():
+        assert white_fraction(image.numpy(), box) > 0.9
+    x, _y, w, _h = labels[0, 2:].tolist()
+    x1_original = (x - w / 2) * image.shape[2]
+    assert (x1_original - pad_x) / gain_w == pytest.approx(8, abs=0.5)
+
+
+def test_same_seed_same_batches_across_workers(dataset_root):
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", names=["a"]))
+    index = scan_labels(list_images(cfg, "train"))
+
+    def first_batch(seed, workers, epoch=0):
+        dataset = YoloDataset(index, imgsz=64, augment=True, hyp=HYP, seed=seed)
+        loader = build_dataloader(dataset, batch_size=2, workers=workers, shuffle=True, seed=seed)
+        loader.batch_sampler.sampler.set_epoch(epoch)
+        return next(iter(loader))
+
+    a, b, c = first_batch(1, 0), first_batch(1, 2), first_batch(2, 0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    assert not torch.equal(a[0], c[0])
+    assert not torch.equal(a[0], first_batch(1, 0, epoch=1)[0])
+
+
+def test_ram_and_disk_caches_give_the_same_images(dataset_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLO_ACCEL_CACHE", str(tmp_path / "cache"))
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", names=["a"]))
+    index = scan_labels(list_images(cfg, "train"))
+    plain = YoloDataset(index, imgsz=64)
+    ram = YoloDataset(index, imgsz=64, cache="ram")
+    disk = YoloDataset(index, imgsz=64, cache="disk")
+    assert list((tmp_path / "cache" / "images").glob("*.npy"))
+    for i in range(len(plain)):
+        assert torch.equal(plain[i][0], ram[i][0]) and torch.equal(plain[i][0], disk[i][0])

@@ -1,0 +1,1 @@
+"""Datasets: scanning, augmentation, loading, and the embedded demo dataset."""

@@ -1,0 +1,275 @@
+"""YoloDataset: one split's images and labels with YOLOv5's loading, mosaic and augmentation."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..boxes import xywhn_to_xyxy, xyxy_to_xywhn
+from ..files import atomic_write
+from ..progress import Progress
+from .augment import FILL, augment_hsv, copy_paste, letterbox, mixup, random_perspective, resize
+from .labels import LabelIndex, load_image_file
+
+LOGGER = logging.getLogger("yolo_accel")
+Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]] | None
+
+
+def cache_root() -> Path:
+    """Where yolo-accel keeps generated files: $YOLO_ACCEL_CACHE, $XDG_CACHE_HOME/yolo-accel or ~/.cache/yolo-accel."""
+    if os.environ.get("YOLO_ACCEL_CACHE"):
+        return Path(os.environ["YOLO_ACCEL_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "yolo-accel"
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (MemAvailable on Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class YoloDataset(Dataset):
+    """Images + labels of one split.
+
+    `dataset[index]` or `dataset[(epoch, index)]` -> (image uint8 (3, H, W) RGB, labels (n, 6) float =
+    (0, class, x, y, w, h normalised), image path, shapes). `shapes` is None for mosaics, else
+    ((h0, w0), ((gain_h, gain_w), (pad_x, pad_y))) to map boxes back to the original image.
+
+    A sample's randomness comes from a generator seeded by (seed, epoch, index), so it is the same whichever
+    worker or process loads it, and a resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, index: LabelIndex, imgsz: int = 640, batch_size: int = 16, augment: bool = False,
+                 hyp: dict[str, Any] | None = None, rect: bool = False, stride: int = 32, pad: float = 0.0,
+                 single_cls: bool = False, cache: str | None = None, seed: int = 0,
+                 mosaic_epochs: int | None = None, prefix: str = ""):
+        self.imgsz, self.augment, self.hyp, self.rect, self.stride = imgsz, augment, hyp or {}, rect, stride
+        self.seed, self.mosaic_epochs, self.prefix = seed, mosaic_epochs, prefix
+        self.mosaic = augment and not rect
+        self.mosaic_border = (-imgsz // 2, -imgsz // 2)
+        self.files = list(index.images)
+        self.shapes = np.asarray(index.shapes, dtype=np.int64).reshape(-1, 2)  # (n, 2) width, height
+        self.labels = [x.copy() for x in index.labels]
+        self.segments = [list(s) for s in index.segments]
+        self.restore = np.asarray(index.restore, dtype=bool)
+        if single_cls:
+            for labels in self.labels:
+                labels[:, 0] = 0
+        self.batch_index = np.zeros(len(self.files), dtype=np.int64)
+        self.batch_shapes = None
+        if rect:
+            self._plan_rect_batches(batch_size, pad)
+        self.ram: list[np.ndarray | None] = [None] * len(self.files)
+        self.npy_dir: Path | None = None
+        if cache == "ram":
+            self._cache_ram()
+        elif cache == "disk":
+            self._cache_disk()
+        elif cache:
+            raise ValueError(f"cache must be 'ram', 'disk' or None, got {cache!r}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _plan_rect_batches(self, batch_size: int, pad: float) -> None:
+        """Sort by aspect ratio and give each batch of `batch_size` one (h, w), a stride multiple."""
+        aspect = self.shapes[:, 1] / self.shapes[:, 0]
+        order = aspect.argsort()
+        self.files = [self.files[i] for i in order]
+        self.shapes, self.restore = self.shapes[order], self.restore[order]
+        self.labels = [self.labels[i] for i in order]
+        self.segments = [self.segments[i] for i in order]
+        aspect = aspect[order]
+        self.batch_index = np.arange(len(self.files)) // batch_size
+        shapes = []
+        for b in range(int(self.batch_index[-1]) + 1 if len(self.files) else 0):
+            ratios = aspect[self.batch_index == b]
+            low, high = ratios.min(), ratios.max()
+            shapes.append([high, 1] if high < 1 else [1, 1 / low] if low > 1 else [1, 1])
+        self.batch_shapes = (np.ceil(np.array(shapes) * self.imgsz / self.stride + pad).astype(int) * self.stride)
+
+    def resized_shape(self, i: int) -> tuple[int, int]:
+        """(h, w) of image i after load_image's resize (long side = imgsz)."""
+        w0, h0 = self.shapes[i]
+        r = self.imgsz / max(h0, w0)
+        return (max(1, round(h0 * r)), max(1, round(w0 * r))) if r != 1 else (int(h0), int(w0))
+
+    def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """(image resized so its long side is imgsz, (h0, w0) original, (h, w) resized)."""
+        w0, h0 = (int(v) for v in self.shapes[i])
+        cached = self.ram[i]
+        if cached is not None:
+            return cached, (h0, w0), cached.shape[:2]
+        if self.npy_dir is not None:
+            image = np.load(self._npy_path(i), allow_pickle=False)
+        else:
+            image = load_image_file(self.files[i], restore=bool(self.restore[i]), max_side=self.imgsz)
+        h, w = self.resized_shape(i)
+        return resize(image, w, h), (h0, w0), (h, w)
+
+    def _cache_ram(self) -> None:
+        needed = sum(h * w * 3 for h, w in (self.resized_shape(i) for i in range(len(self))))
+        free = available_memory()
+        if needed * 1.3 > free:
+            LOGGER.warning(f"{self.prefix}WARNING ⚠️ --cache ram needs {needed / 2**30:.1f} GB and "
+                           f"{free / 2**30:.1f} GB is available: not caching images")
+            return
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, \
+                Progress(len(self), f"{self.prefix}Caching images ({needed / 2**30:.2f} GB ram)") as bar:
+            for i, (image, _, _) in enumerate(pool.map(self.load_image, range(len(self)))):
+                self.ram[i] = image
+                bar.update()
+
+    def _npy_path(self, i: int) -> Path:
+        path = self.files[i]
+        key = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
+        return self.npy_dir / f"{key.hexdigest()[:24]}.npy"
+
+    def _cache_disk(self) -> None:
+        """Decoded images as .npy in the yolo-accel cache folder (the dataset folder is left untouched)."""
+        self.npy_dir = cache_root() / "images"
+        self.npy_dir.mkdir(parents=True, exist_ok=True)
+
+        def store(i: int) -> None:
+            target = self._npy_path(i)
+            if not target.exists():
+                image = load_image_file(self.files[i], restore=bool(self.restore[i]))
+
+                def write(tmp: Path) -> None:
+                    with open(tmp, "wb") as f:
+                        np.save(f, image, allow_pickle=False)
+
+                atomic_write(target, write)
+
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, \
+                Progress(len(self), f"{self.prefix}Caching images (disk: {self.npy_dir})") as bar:
+            for _ in pool.map(store, range(len(self))):
+                bar.update()
+
+    def mosaic_active(self, epoch: int) -> bool:
+        return self.mosaic and (self.mosaic_epochs is None or epoch < self.mosaic_epochs)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str, Shapes]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        hyp = self.hyp
+        shapes: Shapes = None
+        if self.mosaic_active(epoch) and rng.random() < hyp.get("mosaic", 0.0):
+            image, labels = self.load_mosaic(index, rng)
+            if rng.random() < hyp.get("mixup", 0.0):
+                image, labels = mixup(image, labels, *self.load_mosaic(int(rng.integers(len(self))), rng), rng)
+        else:
+            image, (h0, w0), (h, w) = self.load_image(index)
+            shape = tuple(self.batch_shapes[self.batch_index[index]]) if self.rect else self.imgsz
+            image, ratio, pad = letterbox(image, shape, auto=False, scaleup=self.augment)
+            shapes = (h0, w0), ((h * ratio[1] / h0, w * ratio[0] / w0), (float(pad[0]), float(pad[1])))
+            labels = self.labels[index].copy()
+            if labels.size:
+                labels[:, 1:] = xywhn_to_xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, pad[0], pad[1])
+            if self.augment:
+                image, labels = random_perspective(image, labels, rng=rng, degrees=hyp["degrees"],
+                                                   translate=hyp["translate"], scale=hyp["scale"],
+                                                   shear=hyp["shear"], perspective=hyp["perspective"])
+        labels = labels.astype(np.float32)
+        if len(labels):
+            labels[:, 1:5] = xyxy_to_xywhn(labels[:, 1:5], w=image.shape[1], h=image.shape[0], clip=True, eps=1e-3)
+        if self.augment:
+            image = augment_hsv(image, rng, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
+            if rng.random() < hyp["flipud"]:
+                image = image[::-1]
+                labels[:, 2] = 1 - labels[:, 2]
+            if rng.random() < hyp["fliplr"]:
+                image = image[:, ::-1]
+                labels[:, 1] = 1 - labels[:, 1]
+        out = np.zeros((len(labels), 6), dtype=np.float32)
+        out[:, 1:] = labels
+        image = np.ascontiguousarray(image.transpose(2, 0, 1))
+        return torch.from_numpy(image), torch.from_numpy(out), str(self.files[index]), shapes
+
+    def load_mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Four images around a random centre on a 2s x 2s canvas, then copy-paste and a random warp to s x s.
+
+        Labels come back as (n, 5) = (class, x1, y1, x2, y2) in output pixels.
+        """
+        s = self.imgsz
+        yc, xc = (int(rng.uniform(-b, 2 * s + b)) for b in self.mosaic_border)
+        indices = [index, *rng.integers(0, len(self), size=3).tolist()]
+        rng.shuffle(indices)
+        canvas = np.full((2 * s, 2 * s, 3), FILL, dtype=np.uint8)
+        all_labels, all_segments = [], []
+        for tile, i in enumerate(indices):
+            image, _, (h, w) = self.load_image(i)
+            if tile == 0:  # top left
+                x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
+                x1b, y1b, x2b, y2b = w - (x2a - x1a), h - (y2a - y1a), w, h
+            elif tile == 1:  # top right
+                x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, 2 * s), yc
+                x1b, y1b, x2b, y2b = 0, h - (y2a - y1a), min(w, x2a - x1a), h
+            elif tile == 2:  # bottom left
+                x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(2 * s, yc + h)
+                x1b, y1b, x2b, y2b = w - (x2a - x1a), 0, w, min(y2a - y1a, h)
+            else:  # bottom right
+                x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * s), min(2 * s, yc + h)
+                x1b, y1b, x2b, y2b = 0, 0, min(w, x2a - x1a), min(y2a - y1a, h)
+            canvas[y1a:y2a, x1a:x2a] = image[y1b:y2b, x1b:x2b]
+            padw, padh = x1a - x1b, y1a - y1b
+            labels = self.labels[i].copy()
+            segments = [seg * [w, h] + [padw, padh] for seg in self.segments[i]]
+            if labels.size:
+                labels[:, 1:] = xywhn_to_xyxy(labels[:, 1:], w, h, padw, padh)
+            all_labels.append(labels)
+            all_segments.extend(segments)
+        labels = np.concatenate(all_labels, 0).astype(np.float64)
+        for x in (labels[:, 1:], *all_segments):
+            np.clip(x, 0, 2 * s, out=x)
+        hyp = self.hyp
+        canvas, labels, all_segments = copy_paste(canvas, labels, all_segments, hyp.get("copy_paste", 0.0), rng)
+        return random_perspective(canvas, labels, all_segments, rng=rng, degrees=hyp["degrees"],
+                                  translate=hyp["translate"], scale=hyp["scale"], shear=hyp["shear"],
+                                  perspective=hyp["perspective"], border=self.mosaic_border)
+
+
+def labels_to_class_weights(labels: list[np.ndarray], nc: int) -> np.ndarray:
+    """Inverse class frequency, normalised to sum 1 (YOLOv5's model.class_weights)."""
+    classes = np.concatenate([x[:, 0] for x in labels]).astype(int) if labels else np.zeros(0, int)
+    counts = np.bincount(classes, minlength=nc).astype(np.float64)
+    counts[counts == 0] = 1
+    weights = 1 / counts
+    return weights / weights.sum()
+
+
+def labels_to_image_weights(labels: list[np.ndarray], nc: int, class_weights: np.ndarray) -> np.ndarray:
+    """Per-image sampling weight: the sum of its labels' class weights."""
+    counts = np.array([np.bincount(x[:, 0].astype(int), minlength=nc) for x in labels]).reshape(-1, nc)
+    return (class_weights.reshape(1, nc) * counts).sum(1)
+
+
+def check_labels(dataset: YoloDataset, nc: int, source: str) -> None:
+    """Stop before training on class ids >= nc or no labels at all, saying what to fix."""
+    from .sources import DataError
+
+    nonempty = [x for x in dataset.labels if len(x)]
+    if not nonempty:
+        raise DataError(f"{source}: no labels found in {len(dataset)} training images; label files belong in a "
+                        f"'labels' folder beside 'images' (image .../images/a.jpg -> .../labels/a.txt)")
+    top = int(max(x[:, 0].max() for x in nonempty))
+    if top >= nc:
+        bad = next(f for f, x in zip(dataset.files, dataset.labels) if len(x) and x[:, 0].max() >= nc)
+        raise DataError(f"{source}: label class {top} exceeds nc={nc} (e.g. in {bad}); class ids run 0..{nc - 1} "
+                        f"— fix the labels or the names in the dataset yaml")
+

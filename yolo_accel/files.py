@@ -1,0 +1,38 @@
+"""Filesystem helpers shared by checkpoints, caches and run folders: atomic writes and exp{N} naming."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp_path) then rename over `path`, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = False) -> Path:
+    """runs/train/exp -> runs/train/exp2, exp3, ... (the first free one), as YOLOv5 names run folders."""
+    path = Path(path)
+    if path.exists() and not exist_ok:
+        pattern = re.compile(rf"^{re.escape(path.name)}(\d+)$")
+        taken = [int(m.group(1)) for p in path.parent.iterdir() if (m := pattern.match(p.name))]
+        n = max([1, *taken]) + 1
+        path = path.with_name(f"{path.name}{n}")
+        while path.exists():
+            n += 1
+            path = path.with_name(f"{path.name.rstrip('0123456789')}{n}")
+    if mkdir:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
