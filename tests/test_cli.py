@@ -62,3 +62,16 @@ def test_convert_refuses_to_overwrite(tmp_path):
 def test_convert_missing_source(tmp_path):
     result = runner.invoke(app, ["convert", str(tmp_path / "none.pt"), str(tmp_path / "o.safetensors")])
     assert result.exit_code == 1 and "none.pt: file not found" in result.output
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["train", "--resume"], ["train", "--resume", "True"]),
+    (["train", "--resume", "--epochs", "5"], ["train", "--resume", "True", "--epochs", "5"]),
+    (["train", "--resume", "runs/train/exp3"], ["train", "--resume", "runs/train/exp3"]),
+    (["train", "--cache", "--rect"], ["train", "--cache", "ram", "--rect"]),
+    (["train", "--cache", "disk"], ["train", "--cache", "disk"]),
+])
+def test_flags_that_may_stand_alone(argv, expected):
+    from yolo_accel.cli import expand_optional_values
+
+    assert expand_optional_values(argv) == expected

@@ -77,7 +77,8 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
 
 def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     check_state_dict(model, state, source)
-    model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in state.items()})
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> DetectionModel:
@@ -94,3 +95,24 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Detectio
     load_state_dict_checked(model, state, str(path))
     model.names = json.loads(metadata.get("names", "null")) or model.names
     return model.to(device)
+
+
+def read_any_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[str] | None]:
+    """(state dict, model yaml, class names) from a yolo-accel .safetensors or an Ultralytics .pt."""
+    path = Path(path)
+    if path.suffix == ".pt":
+        from .ultralytics_import import import_ultralytics
+
+        model, names, _ = import_ultralytics(path)
+        return model.state_dict(), model.yaml, names
+    state, metadata = read_weights(path)
+    return state, json.loads(metadata["model_yaml"]), json.loads(metadata.get("names", "null"))
+
+
+def transfer_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], exclude: tuple[str, ...] = ()) -> int:
+    """Load every key whose name and shape match (and contains none of `exclude`); returns how many."""
+    own = model.state_dict()
+    matched = {k: v.to(own[k].dtype) for k, v in state.items()
+               if k in own and v.shape == own[k].shape and not any(x in k for x in exclude)}
+    model.load_state_dict(matched, strict=False)
+    return len(matched)

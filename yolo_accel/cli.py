@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -25,10 +28,81 @@ def not_available(command: str) -> None:
     fail(f"`yolo-accel {command}` is not available in this version yet; see the README for what is.", code=3)
 
 
-@app.command(context_settings=PASSTHROUGH)
-def train(ctx: typer.Context) -> None:
-    """Train a YOLOv5 model (not available in this version yet)."""
-    not_available("train")
+def setup_logging() -> None:
+    """INFO on the main process, warnings only on the others (ranks come from the launcher's environment)."""
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
+                        stream=sys.stdout, force=True)
+
+
+def parse_freeze(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.replace(",", " ").split())
+    except ValueError:
+        fail(f"--freeze takes layer counts like 10, or indices like 0,1,2; got {text!r}")
+        raise
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option(help="dataset yaml path, shipped name (coco128), or 'demo'")] = "demo",
+    cfg: Annotated[str, typer.Option(help="model yaml or name (default: the weights' own, else yolov5n)")] = "",
+    weights: Annotated[str, typer.Option(help="initial weights: .safetensors or an Ultralytics .pt")] = "",
+    hyp: Annotated[str, typer.Option(help="hyperparameters: scratch-low|med|high or a yaml path")] = "scratch-low",
+    epochs: Annotated[int | None, typer.Option(help="total epochs [default: 100; 30 on the demo data]")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "--batch",
+                                            help="total batch over all processes; -1 AutoBatch (CUDA)")] = 16,
+    imgsz: Annotated[int | None, typer.Option("--imgsz", "--img", "--img-size",
+                                              help="train/val image size [default: 640; 128 on the demo data]")] = None,
+    rect: Annotated[bool, typer.Option("--rect", help="rectangular training batches")] = False,
+    resume: Annotated[str | None, typer.Option(help="resume the latest run (bare --resume), or the run at PATH")
+                      ] = None,
+    nosave: Annotated[bool, typer.Option("--nosave", help="only save final weights")] = False,
+    noval: Annotated[bool, typer.Option("--noval", help="only validate the final epoch")] = False,
+    noautoanchor: Annotated[bool, typer.Option("--noautoanchor", help="disable AutoAnchor")] = False,
+    noplots: Annotated[bool, typer.Option("--noplots", help="save no plot files")] = False,
+    cache: Annotated[str | None, typer.Option(help="cache images in ram (bare --cache) or disk")] = None,
+    image_weights: Annotated[bool, typer.Option("--image-weights", help="weighted image selection")] = False,
+    multi_scale: Annotated[bool, typer.Option("--multi-scale", help="vary image size +/- 50%%")] = False,
+    single_cls: Annotated[bool, typer.Option("--single-cls", help="train as single-class")] = False,
+    optimizer: Annotated[str, typer.Option(help="SGD, Adam or AdamW")] = "SGD",
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="SyncBatchNorm across processes")] = False,
+    workers: Annotated[int, typer.Option(help="max dataloader workers per process")] = 8,
+    project: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "runs/train",
+    name: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "exp",
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="reuse an existing PROJECT/NAME")] = False,
+    cos_lr: Annotated[bool, typer.Option("--cos-lr", help="cosine LR schedule")] = False,
+    label_smoothing: Annotated[float, typer.Option(help="label smoothing epsilon")] = 0.0,
+    patience: Annotated[int, typer.Option(help="early stopping patience (epochs without improvement)")] = 100,
+    freeze: Annotated[str, typer.Option(help="freeze the first N layers (10 = backbone) or layers 0,1,2")] = "0",
+    save_period: Annotated[int, typer.Option(help="save weights every N epochs (disabled if < 1)")] = -1,
+    seed: Annotated[int, typer.Option(help="global training seed")] = 0,
+    close_mosaic: Annotated[int, typer.Option(help="train the last N epochs without mosaic")] = 0,
+    mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16")] = "no",
+    device: Annotated[str, typer.Option(help="single process: cpu, or a CUDA index like 0")] = "",
+    log_with: Annotated[str, typer.Option(help="wandb, tensorboard, all or none")] = "none",
+) -> None:
+    """Train a YOLOv5 model (`accelerate launch cli.py train ...` for several processes)."""
+    setup_logging()
+    if device and device != "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    from .config import TrainConfig
+    from .data.sources import DataError
+    from .state import StateError
+    from .train import train as run_training
+
+    config = TrainConfig(
+        data=data, cfg=cfg, weights=weights, hyp=hyp, epochs=epochs, batch_size=batch_size, imgsz=imgsz, rect=rect,
+        resume=resume if resume is not None else False, nosave=nosave, noval=noval, noautoanchor=noautoanchor,
+        noplots=noplots, cache=cache, image_weights=image_weights, multi_scale=multi_scale, single_cls=single_cls,
+        optimizer=optimizer, sync_bn=sync_bn, workers=workers, project=project, name=name, exist_ok=exist_ok,
+        cos_lr=cos_lr, label_smoothing=label_smoothing, patience=patience, freeze=parse_freeze(freeze),
+        save_period=save_period, seed=seed, close_mosaic=close_mosaic, mixed_precision=mixed_precision,
+        device=device, log_with=log_with)
+    try:
+        run_training(config)
+    except (ConfigError, WeightsError, DataError, StateError) as err:
+        fail(str(err))
 
 
 @app.command(context_settings=PASSTHROUGH)
@@ -109,5 +183,19 @@ def info(
     typer.echo(str(summarize(net, img, name=name)))
 
 
-def main() -> None:
-    app()
+# YOLOv5 flags that may stand alone or take a value (argparse nargs="?"): the value they mean alone
+OPTIONAL_VALUES = {"--resume": "True", "--cache": "ram"}
+
+
+def expand_optional_values(args: list[str]) -> list[str]:
+    """`--resume --epochs 5` -> `--resume True --epochs 5`, so the parser sees a value after each such flag."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg in OPTIONAL_VALUES and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUES[arg])
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=expand_optional_values(list(sys.argv[1:] if argv is None else argv)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,99 @@ def check_keys(data: dict[str, Any], allowed: set[str], required: set[str], sour
     missing = sorted(required - set(data))
     if missing:
         raise ConfigError(f"{source}: missing required key(s) {', '.join(map(repr, missing))}")
+
+
+HYP_KEYS = {"lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr", "box",
+            "cls", "cls_pw", "obj", "obj_pw", "iou_t", "anchor_t", "fl_gamma", "hsv_h", "hsv_s", "hsv_v", "degrees",
+            "translate", "scale", "shear", "perspective", "flipud", "fliplr", "mosaic", "mixup", "copy_paste"}
+OPTIONAL_HYP_KEYS = {"anchors", "label_smoothing"}  # anchors per level (evolve), smoothing (older hyps)
+
+
+def load_hyp(name: str | Path) -> dict[str, float]:
+    """A hyperparameter yaml (shipped name like 'scratch-low' or a path), every YOLOv5 key present, no others."""
+    path = resolve_config(name, "hyps")
+    hyp = read_yaml(path)
+    check_keys(hyp, HYP_KEYS | OPTIONAL_HYP_KEYS, HYP_KEYS, str(path))
+    bad = [k for k, v in hyp.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
+    if bad:
+        raise ConfigError(f"{path}: hyperparameters must be numbers: {', '.join(bad)}")
+    return {k: float(v) for k, v in hyp.items()}
+
+
+DEMO_DEFAULTS = {"epochs": 30, "imgsz": 128}  # sized so `yolo-accel train` finishes in minutes on 2 CPU cores
+DEFAULTS = {"epochs": 100, "imgsz": 640}  # YOLOv5's defaults for any other dataset
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every `yolo-accel train` option (YOLOv5 train.py names); written to the run folder as opt.yaml."""
+
+    data: str = "demo"
+    cfg: str = ""  # model yaml; empty: the weights' own, else yolov5n
+    weights: str = ""
+    hyp: str = "scratch-low"
+    epochs: int | None = None  # None: 100, or 30 on the demo data
+    batch_size: int = 16  # total over all processes; -1 = AutoBatch (CUDA)
+    imgsz: int | None = None  # None: 640, or 128 on the demo data
+    rect: bool = False
+    resume: str | bool = False
+    nosave: bool = False
+    noval: bool = False
+    noautoanchor: bool = False
+    noplots: bool = False
+    cache: str | None = None
+    image_weights: bool = False
+    multi_scale: bool = False
+    single_cls: bool = False
+    optimizer: str = "SGD"
+    sync_bn: bool = False
+    workers: int = 8
+    project: str = "runs/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    cos_lr: bool = False
+    label_smoothing: float = 0.0
+    patience: int = 100
+    freeze: tuple[int, ...] = (0,)
+    save_period: int = -1
+    seed: int = 0
+    close_mosaic: int = 0
+    mixed_precision: str = "no"
+    device: str = ""
+    log_with: str = "none"
+
+    def resolved(self) -> TrainConfig:
+        """Fill the data-dependent defaults and check option values."""
+        defaults = DEMO_DEFAULTS if self.data == "demo" else DEFAULTS
+        config = replace(self, epochs=self.epochs if self.epochs is not None else defaults["epochs"],
+                         imgsz=self.imgsz if self.imgsz is not None else defaults["imgsz"],
+                         cfg=self.cfg or ("" if self.weights else "yolov5n"), freeze=tuple(self.freeze))
+        checks = [
+            (config.optimizer in ("SGD", "Adam", "AdamW"), f"--optimizer must be SGD, Adam or AdamW, got "
+                                                           f"{config.optimizer!r}"),
+            (config.mixed_precision in ("no", "fp16", "bf16"), "--mixed-precision must be no, fp16 or bf16"),
+            (config.log_with in ("none", "wandb", "tensorboard", "all"),
+             "--log-with must be wandb, tensorboard, all or none"),
+            (config.cache in (None, "ram", "disk"), "--cache must be ram or disk"),
+            (config.epochs >= 1, "--epochs must be at least 1"),
+            (config.batch_size >= 1 or config.batch_size == -1, "--batch-size must be positive, or -1 for AutoBatch"),
+            (config.imgsz >= 32, "--imgsz must be at least 32"),
+            (0 <= config.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return config
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        check_keys(data, names, set(), source)
+        if "freeze" in data and data["freeze"] is not None:
+            data = {**data, "freeze": tuple(data["freeze"])}
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["freeze"] = list(self.freeze)
+        return data

@@ -1,0 +1,148 @@
+"""Training end to end on a tiny synthetic dataset: outputs, resume exactness, extension, transfer, trackers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REFERENCE, ROOT
+from safetensors.torch import load_file
+
+from yolo_accel.checkpoint import load_model, save_weights
+from yolo_accel.config import TrainConfig
+from yolo_accel.data.demo import write_demo_dataset
+from yolo_accel.model import build_model
+from yolo_accel.train import RESULT_COLUMNS, read_results, train
+
+TINY = str(REFERENCE / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_demo_dataset(tmp_path_factory.mktemp("data"), train_images=24, val_images=8, imgsz=64, seed=3)
+
+
+def tiny_config(data: Path, project: Path, **overrides) -> TrainConfig:
+    options = dict(data=str(data), cfg=TINY, epochs=2, batch_size=8, imgsz=64, workers=0, project=str(project),
+                   noautoanchor=True)
+    return TrainConfig(**{**options, **overrides})
+
+
+def cli_args(data: Path, project: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "cli.py"), "train", "--data", str(data), "--cfg", TINY, "--batch-size", "8",
+            "--img", "64", "--workers", "1", "--project", str(project), "--noautoanchor", *extra]
+
+
+def latest_state(run: Path) -> Path:
+    return run / "state" / json.loads((run / "state" / "latest.json").read_text())["name"]
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    snapshot = latest_state(run)
+    return {**load_file(str(snapshot / "model.safetensors")),
+            **{f"ema.{k}": v for k, v in load_file(str(snapshot / "ema.safetensors")).items()}}
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())
+
+
+def test_train_writes_the_run_folder(tiny_data, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="yolo_accel"):
+        run = train(tiny_config(tiny_data, tmp_path))
+    assert run == tmp_path / "exp"
+    rows = read_results(run / "results.csv")
+    assert [r["epoch"] for r in rows] == [0, 1]
+    header = (run / "results.csv").read_text().splitlines()[0]
+    assert [h.strip() for h in header.split(",")] == ["epoch", *RESULT_COLUMNS]
+    assert all(0 < rows[-1][k] < 10 for k in ("train/box_loss", "train/obj_loss", "train/cls_loss"))
+    for name in ("last", "best"):
+        model = load_model(run / "weights" / f"{name}.safetensors")
+        assert model.nc == 6 and model.names[0] == "circle"
+    assert (run / "hyp.yaml").is_file() and "epochs: 2" in (run / "opt.yaml").read_text()
+    assert TrainConfig.from_dict(yaml.safe_load((run / "opt.yaml").read_text()), "opt.yaml").epochs == 2
+    assert "mAP50-95" in caplog.text and "Validating" in caplog.text
+    assert train(tiny_config(tiny_data, tmp_path)) == tmp_path / "exp2"
+
+
+def test_resume_extends_a_finished_run(tiny_data, tmp_path, caplog):
+    run = train(tiny_config(tiny_data, tmp_path, epochs=1))
+    with caplog.at_level("INFO", logger="yolo_accel"):
+        train(TrainConfig(resume=str(run), epochs=2))
+    assert "re-planned over 2 epochs" in caplog.text
+    assert [r["epoch"] for r in read_results(run / "results.csv")] == [0, 1]
+
+
+def test_transfer_learning_reports_matched_items(tiny_data, tmp_path, caplog):
+    source = build_model(TINY, nc=3)
+    weights = save_weights(source, tmp_path / "w.safetensors")
+    with caplog.at_level("INFO", logger="yolo_accel"):
+        train(tiny_config(tiny_data, tmp_path, weights=str(weights), epochs=1, noval=True))
+    # every key except the 3 Detect convs (nc differs) and the anchors (--cfg given) transfers
+    total = len(build_model(TINY, nc=6).state_dict())
+    assert f"Transferred {total - 7}/{total} items from {weights}" in caplog.text
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):
+    """SIGKILL at an arbitrary point, then --resume: final weights equal an uninterrupted run's."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    straight = subprocess.run(cli_args(tiny_data, tmp_path / "a", "--epochs", "4"), env=env, capture_output=True,
+                              text=True, timeout=600)
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+
+    run = tmp_path / "b" / "exp"
+    victim = subprocess.Popen(cli_args(tiny_data, tmp_path / "b", "--epochs", "4"), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "state" / "latest.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere into the next epoch
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    epoch_at_kill = json.loads((latest_state(run) / "trainer.json").read_text())["loop"]["epoch"]
+    assert epoch_at_kill < 4, "the run finished before it could be killed"
+
+    resumed = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--resume", str(run)], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Resuming training from" in resumed.stdout
+    assert max_difference(final_weights(tmp_path / "a" / "exp"), final_weights(run)) <= 1e-6
+    assert [r["epoch"] for r in read_results(run / "results.csv")] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_mid_epoch_and_resume_continues_from_that_batch(tiny_data, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    straight = subprocess.run(cli_args(tiny_data, tmp_path / "a", "--epochs", "3", "--batch-size", "4"), env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+
+    run = tmp_path / "b" / "exp"
+    victim = subprocess.Popen(cli_args(tiny_data, tmp_path / "b", "--epochs", "3", "--batch-size", "4"), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (run / "state" / "latest.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGTERM)
+    output = victim.communicate(timeout=300)[0]
+    assert victim.returncode == 0, output
+    loop = json.loads((latest_state(run) / "trainer.json").read_text())["loop"]
+    assert loop["epoch"] < 3 and loop["batch"] > 0, "SIGTERM should have stopped the run inside an epoch"
+    assert "state saved" in output
+
+    # --resume with no path picks the latest run under --project
+    resumed = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--resume", "--project",
+                              str(tmp_path / "b")], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"at epoch {loop['epoch']}, batch {loop['batch']}" in resumed.stdout
+    assert max_difference(final_weights(tmp_path / "a" / "exp"), final_weights(run)) <= 1e-6

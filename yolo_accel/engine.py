@@ -1,0 +1,247 @@
+"""The only loops: train_one_epoch and evaluate."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch import nn
+
+from .boxes import xywh_to_xyxy
+from .ema import ModelEMA
+from .metrics import ConfusionMatrix, DetectionMetrics, DetectionStats, coco_iou_thresholds
+from .nms import non_max_suppression, scale_boxes
+from .optim import Warmup
+from .progress import Progress
+
+LOGGER = logging.getLogger("yolo_accel")
+LOSS_NAMES = ("box_loss", "obj_loss", "cls_loss")
+
+
+# ------------------------------------------------------------------ validation
+
+
+@dataclass
+class ImagePredictions:
+    """One validated image: detections (n, 6) and labels (m, 5) in original-image pixels, on the CPU."""
+
+    index: int
+    detections: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class EvalResult:
+    metrics: DetectionMetrics
+    losses: np.ndarray  # (3,) mean box, obj, cls loss per batch (zeros without a criterion)
+    images: int
+    instances: int
+    confusion: ConfusionMatrix
+    speed_ms: tuple[float, float, float]  # pre-process, inference, NMS per image
+    predictions: list[ImagePredictions] = field(default_factory=list)
+
+    def results(self) -> tuple[float, ...]:
+        """(P, R, mAP50, mAP50-95, val box, val obj, val cls): the order of YOLOv5's results tuple."""
+        return (*self.metrics.results(), *self.losses.tolist())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable, indices: list[int], accelerator: Accelerator, nc: int,
+             criterion: Callable | None = None, conf_thres: float = 0.001, iou_thres: float = 0.6,
+             max_det: int = 300, single_cls: bool = False, description: str = "val",
+             show_progress: bool = True) -> EvalResult:
+    """Validate `model` (eval mode, unwrapped) on this process's shard of batches, then merge all shards.
+
+    `indices` are the dataset indices this process sees, in loader order. Per-image predictions from every
+    process are gathered and sorted by index before matching, so the metrics equal a single-process run's.
+    """
+    device = accelerator.device
+    model.eval()
+    records: list[ImagePredictions] = []
+    loss_sum = torch.zeros(3, device=device)
+    batch_count = 0
+    timings = [0.0, 0.0, 0.0]
+    position = 0
+    enabled = show_progress and accelerator.is_main_process
+    with Progress(len(indices), f"{description:>22}", enabled=enabled) as bar:
+        for images, targets, _, shapes in batches:
+            start = time.perf_counter()
+            images = images.to(device, non_blocking=True).float() / 255
+            targets = targets.to(device)
+            height, width = images.shape[2:]
+            t1 = time.perf_counter()
+            with accelerator.autocast():
+                decoded, raw = model(images, with_raw=True)
+            if criterion is not None:
+                loss_sum += criterion([r.float() for r in raw], targets)[1]
+            t2 = time.perf_counter()
+            targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)
+            output = non_max_suppression(decoded.float(), conf_thres, iou_thres, multi_label=True,
+                                         agnostic=single_cls, max_det=max_det)
+            t3 = time.perf_counter()
+            for si, pred in enumerate(output):
+                labels = targets[targets[:, 0] == si, 1:]
+                predn = pred.clone()
+                if single_cls:
+                    predn[:, 5] = 0
+                original_shape, ratio_pad = shapes[si]
+                scale_boxes(images.shape[2:], predn[:, :4], original_shape, ratio_pad)
+                boxes = xywh_to_xyxy(labels[:, 1:5])
+                scale_boxes(images.shape[2:], boxes, original_shape, ratio_pad)
+                records.append(ImagePredictions(indices[position], predn.cpu(),
+                                                torch.cat((labels[:, 0:1], boxes), 1).cpu()))
+                position += 1
+            timings = [timings[0] + t1 - start, timings[1] + t2 - t1, timings[2] + t3 - t2]
+            batch_count += 1
+            bar.update(len(output))
+
+    all_records = sorted(gather_object(records) if accelerator.num_processes > 1 else records,
+                         key=lambda r: r.index)
+    totals = torch.tensor([*loss_sum.tolist(), batch_count, *timings], device=device, dtype=torch.float64)
+    totals = accelerator.reduce(totals, reduction="sum") if accelerator.num_processes > 1 else totals
+    stats = DetectionStats(nc, coco_iou_thresholds())
+    confusion = ConfusionMatrix(nc)
+    for record in all_records:
+        stats.add_image(record.detections, record.labels)
+        if len(record.detections):
+            confusion.process_batch(record.detections, record.labels)
+        elif len(record.labels):
+            confusion.process_batch(None, record.labels[:, 0])
+    metrics = stats.compute()
+    batches_total = max(int(totals[3].item()), 1)
+    images_total = max(len(all_records), 1)
+    speed = tuple(float(t) / images_total * 1e3 for t in totals[4:7].tolist())
+    return EvalResult(metrics=metrics, losses=(totals[:3] / batches_total).cpu().numpy(), images=len(all_records),
+                      instances=int(sum(len(r.labels) for r in all_records)), confusion=confusion,
+                      speed_ms=speed, predictions=all_records)
+
+
+def format_results(result: EvalResult, names: list[str], verbose: bool = False) -> list[str]:
+    """YOLOv5's validation table: a header, the 'all' row, and per-class rows when verbose."""
+    header = ("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
+    row = "%22s" + "%11i" * 2 + "%11.3g" * 4
+    m = result.metrics
+    lines = [header, row % ("all", result.images, result.instances, m.mean_precision, m.mean_recall, m.map50,
+                            m.map50_95)]
+    if result.instances == 0:
+        lines.append("WARNING ⚠️ no labels found in the validation set, can not compute metrics without labels")
+    if verbose and len(names) > 1:
+        for i, c in enumerate(m.classes):
+            images_with_class = sum(bool((r.labels[:, 0] == c).any()) for r in result.predictions)
+            lines.append(row % (names[c], images_with_class, m.targets_per_class[c], m.precision[i], m.recall[i],
+                                m.ap50[i], m.ap[i]))
+    return lines
+
+
+# ------------------------------------------------------------------ training
+
+
+@dataclass
+class LoopState:
+    """Counters that make a run resumable at any batch."""
+
+    epoch: int = 0
+    batch: int = 0  # batches of this epoch already done by this process
+    step: int = 0  # batches done since the start of training (YOLOv5's ni)
+    last_opt_step: int = -1
+    mean_loss: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    best_fitness: float = 0.0
+    best_epoch: int = 0
+
+
+@dataclass
+class TrainParts:
+    """What one epoch of training touches."""
+
+    accelerator: Accelerator
+    model: nn.Module  # prepared (possibly DDP-wrapped)
+    optimizer: torch.optim.Optimizer  # prepared
+    criterion: Callable
+    ema: ModelEMA | None
+    warmup: Warmup
+    lr_factor: Callable[[int], float]
+    imgsz: int
+    grid_stride: int
+    multi_scale: bool
+    rng: random.Random  # multi-scale draws; saved with the training state
+    batches_per_epoch: int
+
+
+def should_stop_now(accelerator: Accelerator, requested: bool) -> bool:
+    """True on every process if any process was asked to stop (SIGINT/SIGTERM)."""
+    if accelerator.num_processes == 1:
+        return requested
+    flag = torch.tensor([1.0 if requested else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def train_one_epoch(parts: TrainParts, loader: Iterable, state: LoopState, epochs: int,
+                    stop_requested: Callable[[], bool], on_batch: Callable[[], None] | None = None,
+                    show_progress: bool = True) -> bool:
+    """Train from `state.batch` to the end of the epoch; returns False if interrupted (state points at the
+    next batch to run), True when the epoch completed."""
+    accelerator, model, optimizer = parts.accelerator, parts.model, parts.optimizer
+    device = accelerator.device
+    model.train()
+    epoch_factor = parts.lr_factor(state.epoch)
+    header = ("%11s" * 7) % ("Epoch", "GPU_mem", *LOSS_NAMES, "Instances", "Size")
+    if accelerator.is_main_process and show_progress:
+        LOGGER.info(header)
+    bar = Progress(parts.batches_per_epoch, "", enabled=accelerator.is_main_process and show_progress)
+    bar.count = state.batch
+    mean_loss = torch.tensor(state.mean_loss, device=device)
+    for images, targets, _, _ in loader:
+        step = state.step
+        parts.warmup.apply(optimizer, step, epoch_factor)
+        accumulate = parts.warmup.accumulate(step)
+        images = images.to(device, non_blocking=True).float() / 255
+        if parts.multi_scale:
+            size = parts.rng.randrange(int(parts.imgsz * 0.5), int(parts.imgsz * 1.5) + parts.grid_stride)
+            size = size // parts.grid_stride * parts.grid_stride
+            factor = size / max(images.shape[2:])
+            if factor != 1:
+                new_shape = [math.ceil(x * factor / parts.grid_stride) * parts.grid_stride for x in images.shape[2:]]
+                images = F.interpolate(images, size=new_shape, mode="bilinear", align_corners=False)
+
+        will_step = step - state.last_opt_step >= accumulate
+        sync = accelerator.no_sync(model) if not will_step and accelerator.num_processes > 1 else nullcontext()
+        with sync:
+            predictions = model(images)
+            loss, loss_items = parts.criterion([p.float() for p in predictions], targets.to(device))
+            # yolov5 parity: DDP averages gradients over processes; YOLOv5 multiplies the loss back
+            accelerator.backward(loss * accelerator.num_processes)
+        if will_step:
+            accelerator.clip_grad_norm_(model.parameters(), max_norm=10.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            if parts.ema is not None:
+                parts.ema.update(accelerator.unwrap_model(model))
+            state.last_opt_step = step
+
+        i = state.batch
+        mean_loss = (mean_loss * i + loss_items.detach()) / (i + 1)
+        state.batch += 1
+        state.step += 1
+        state.mean_loss = mean_loss.tolist()
+        if bar.enabled:
+            memory = f"{torch.cuda.memory_reserved() / 1e9:.3g}G" if torch.cuda.is_available() else "0G"
+            bar.update(1, ("%11s" * 2 + "%11.4g" * 5) % (f"{state.epoch}/{epochs - 1}", memory, *state.mean_loss,
+                                                         targets.shape[0], images.shape[-1]))
+        if on_batch is not None:
+            on_batch()
+        if should_stop_now(accelerator, stop_requested()):
+            bar.close()
+            return False
+    bar.close()
+    return True
+
