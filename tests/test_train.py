@@ -146,3 +146,16 @@ def test_sigterm_saves_mid_epoch_and_resume_continues_from_that_batch(tiny_data,
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"at epoch {loop['epoch']}, batch {loop['batch']}" in resumed.stdout
     assert max_difference(final_weights(tmp_path / "a" / "exp"), final_weights(run)) <= 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tracker", ["tensorboard", "wandb"])
+def test_trackers_write_their_files_offline(tiny_data, tmp_path, monkeypatch, tracker):
+    pytest.importorskip(tracker)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = train(tiny_config(tiny_data, tmp_path, epochs=1, noval=True, log_with=tracker))
+    if tracker == "tensorboard":
+        assert list(run.rglob("events.out.tfevents.*"))
+    else:
+        assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))

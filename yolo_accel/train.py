@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_list, set_seed
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
@@ -177,18 +177,21 @@ def train(cfg: TrainConfig) -> Path:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         if not check_amp(build_model(cfg.cfg or "yolov5n"), device, cfg.imgsz):
             mixed_precision = "no"
-    accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=mixed_precision,
-                              dataloader_config=DataLoaderConfiguration(even_batches=True))
+    # without CUDA, Accelerate needs cpu=True to form a multi-process (gloo) group from `accelerate launch`
+    use_cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    process = PartialState(cpu=use_cpu)  # the process group, before the run folder every rank must agree on
     if resuming:
         save_dir = run
     else:
         save_dir = None
-        if accelerator.is_main_process:
+        if process.is_main_process:
             save_dir = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok, mkdir=True)
         save_dir = Path(broadcast_object_list([save_dir])[0])
     paths = RunPaths(save_dir)
-    accelerator.project_configuration = ProjectConfiguration(project_dir=str(save_dir),
-                                                             logging_dir=str(save_dir))
+    trackers = [] if cfg.log_with == "none" else ["wandb", "tensorboard"] if cfg.log_with == "all" else [cfg.log_with]
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed_precision, log_with=trackers or None,
+                              project_config=ProjectConfiguration(project_dir=str(save_dir), logging_dir=str(save_dir)),
+                              dataloader_config=DataLoaderConfiguration(even_batches=True))
     set_seed(cfg.seed + 1 + accelerator.process_index, deterministic=True)
     python_rng = random.Random(cfg.seed)
 
@@ -311,12 +314,7 @@ def train(cfg: TrainConfig) -> Path:
         atomic_write(save_dir / "opt.yaml", lambda tmp: tmp.write_text(
             yaml.safe_dump(replace(cfg, resume=False).to_dict(), sort_keys=False)))
         paths.weights.mkdir(parents=True, exist_ok=True)
-    trackers = [] if cfg.log_with == "none" else ["wandb", "tensorboard"] if cfg.log_with == "all" else [cfg.log_with]
     if trackers:
-        accelerator.log_with = []
-        from accelerate.utils import filter_trackers
-
-        accelerator.log_with = filter_trackers(trackers, accelerator.logging_dir)
         accelerator.init_trackers(save_dir.name, config={**{k: str(v) for k, v in cfg.to_dict().items()}, **hyp},
                                   init_kwargs={"wandb": {"dir": str(save_dir), "name": save_dir.name}})
 
@@ -406,6 +404,9 @@ def train(cfg: TrainConfig) -> Path:
         finish(cfg, accelerator, paths, val_loader, val_indices, nc, names, criterion, loop)
     if trackers:
         accelerator.end_training()
+    accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # a clean exit on every rank (gloo aborts otherwise)
     return save_dir
 
 
