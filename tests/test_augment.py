@@ -6,8 +6,19 @@ import numpy as np
 import pytest
 import yaml
 from conftest import ROOT
+from PIL import Image
 
-from yolo_accel.data.augment import augment_hsv, box_candidates, copy_paste, letterbox, mixup, random_perspective
+from yolo_accel.data.augment import (
+    augment_hsv,
+    box_candidates,
+    copy_paste,
+    letterbox,
+    mixup,
+    perspective_matrix,
+    random_perspective,
+    sampled_region,
+    warp,
+)
 
 HYP = yaml.safe_load((ROOT / "configs/hyps/hyp.scratch-low.yaml").read_text())
 
@@ -88,6 +99,54 @@ def test_hsv_changes_colour_but_not_geometry():
     changed = np.abs(out.astype(int) - image.astype(int)).sum(2)
     inside, outside = changed[20:60, 30:70], np.delete(changed, np.s_[20:60], axis=0)
     assert inside.std() < 8 and outside.std() < 8  # a per-colour mapping: uniform regions stay uniform
+
+
+def test_hsv_equals_pillows_hsv_conversion_for_every_colour():
+    colours = np.stack(np.meshgrid(*[np.arange(256, dtype=np.uint8)] * 3, indexing="ij"), -1).reshape(4096, 4096, 3)
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        out = augment_hsv(colours, rng, 0.5, 0.7, 0.4)
+        gains = np.random.default_rng(seed).uniform(-1, 1, 3) * [0.5, 0.7, 0.4] + 1
+        x = np.arange(256, dtype=np.float64)
+        lut = np.concatenate([(x * gains[0]) % 256, np.clip(x * gains[1], 0, 255), np.clip(x * gains[2], 0, 255)])
+        expected = np.asarray(Image.fromarray(colours).convert("HSV").point(lut.astype(np.uint8).tolist())
+                              .convert("RGB"))
+        assert np.array_equal(out, expected)
+
+
+def generic_warp(image, matrix, out_shape):
+    """Pillow's generic affine transform: the definition the fast paths must reproduce."""
+    inverse = np.linalg.inv(matrix)
+    coeffs = (inverse[:2] / inverse[2, 2]).reshape(-1).tolist()
+    return np.asarray(Image.fromarray(image).transform((out_shape[1], out_shape[0]), Image.Transform.AFFINE, coeffs,
+                                                       Image.Resampling.BILINEAR, fillcolor=(114, 114, 114)))
+
+
+def test_enlarging_warp_matches_the_generic_transform():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 100, (37, 53, 3), dtype=np.uint8)  # far from the grey fill, so misplaced fill shows
+    for _ in range(200):
+        matrix = np.eye(3)
+        matrix[0, 0], matrix[1, 1] = rng.uniform(1, 1.7, 2) if rng.random() < 0.8 else (1.0, 1.0)
+        matrix[:2, 2] = rng.uniform(-40, 30, 2)  # image edges inside the output, on either side
+        out_shape = tuple(rng.integers(20, 70, 2).tolist())
+        out = warp(image, matrix, out_shape).astype(int)
+        assert np.abs(out - generic_warp(image, matrix, out_shape)).max() <= 1
+
+
+def test_sampled_region_holds_every_pixel_the_warp_reads():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)
+    smaller = 0
+    for degrees, shear in ((0, 0), (30, 0), (10, 10)):
+        for _ in range(20):
+            matrix, _ = perspective_matrix(rng, (160, 160), (80, 80), degrees, 0.1, 0.5, shear, 0.0)
+            x0, y0, x1, y1 = sampled_region(matrix, (80, 80), (160, 160))
+            kept = np.zeros_like(image)
+            kept[y0:y1, x0:x1] = image[y0:y1, x0:x1]
+            assert np.array_equal(generic_warp(kept, matrix, (80, 80)), generic_warp(image, matrix, (80, 80)))
+            smaller += (x1 - x0) * (y1 - y0) < 160 * 160
+    assert smaller > 30
 
 
 def test_flips_move_normalised_boxes(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 
@@ -12,7 +13,9 @@ import yaml
 from conftest import ROOT
 from PIL import Image
 
+from yolo_accel.boxes import xywhn_to_xyxy
 from yolo_accel.config import ConfigError
+from yolo_accel.data.augment import perspective_matrix, random_perspective
 from yolo_accel.data.dataset import YoloDataset, check_labels
 from yolo_accel.data.labels import load_image_file, scan_labels
 from yolo_accel.data.loader import build_dataloader
@@ -168,7 +171,7 @@ def test_bad_inputs_are_reported_per_file_and_skipped(dataset_root, caplog):
     restored = load_image_file(index.images[names["trunc.jpg"]], restore=True)
     assert restored.shape == (64, 64, 3)
     after = snapshot(dataset_root)
-    assert {p for p in after if p not in before} == {dataset_root / "labels" / "train.cache"}
+    assert {p for p in after if p not in before} == {dataset_root / "labels" / "train.yolo-accel.cache"}
     assert all(after[p] == h for p, h in before.items())  # nothing in the dataset was modified
 
 
@@ -195,7 +198,7 @@ def test_cache_is_reused_then_rebuilt_when_stale(dataset_root, caplog):
     images = list_images(load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train",
                                                      names=["a"])), "train")
     first = scan_labels(images)
-    cache = dataset_root / "labels" / "train.cache"
+    cache = dataset_root / "labels" / "train.yolo-accel.cache"
     with np.load(cache, allow_pickle=False) as z:  # loads without pickle support: no code can run
         assert int(z["version"]) == 1
     with caplog.at_level(logging.INFO, logger="yolo_accel"):
@@ -213,7 +216,7 @@ def test_cache_is_reused_then_rebuilt_when_stale(dataset_root, caplog):
 def test_a_corrupt_cache_file_is_rebuilt(dataset_root):
     images = list_images(load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train",
                                                      names=["a"])), "train")
-    (dataset_root / "labels" / "train.cache").write_bytes(b"garbage")
+    (dataset_root / "labels" / "train.yolo-accel.cache").write_bytes(b"garbage")
     assert len(scan_labels(images).images) == 4
 
 
@@ -275,6 +278,84 @@ def test_mosaic_boxes_follow_the_pixels(dataset_root):
     assert seen > 10
 
 
+def full_canvas_mosaic(dataset, index, rng):
+    """The mosaic by definition: four images on the whole 2s x 2s grey canvas, then random_perspective.
+
+    Returns its image, the same canvas warped by Pillow's generic transform, and its labels.
+    """
+    s = dataset.imgsz
+    yc, xc = (int(rng.uniform(-b, 2 * s + b)) for b in dataset.mosaic_border)
+    indices = [index, *rng.integers(0, len(dataset), size=3).tolist()]
+    rng.shuffle(indices)
+    canvas = np.full((2 * s, 2 * s, 3), 114, np.uint8)
+    all_labels = []
+    for tile, i in enumerate(indices):
+        image, _, (h, w) = dataset.load_image(i)
+        if tile == 0:
+            x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
+            x1b, y1b, x2b, y2b = w - (x2a - x1a), h - (y2a - y1a), w, h
+        elif tile == 1:
+            x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, 2 * s), yc
+            x1b, y1b, x2b, y2b = 0, h - (y2a - y1a), min(w, x2a - x1a), h
+        elif tile == 2:
+            x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(2 * s, yc + h)
+            x1b, y1b, x2b, y2b = w - (x2a - x1a), 0, w, min(y2a - y1a, h)
+        else:
+            x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * s), min(2 * s, yc + h)
+            x1b, y1b, x2b, y2b = 0, 0, min(w, x2a - x1a), min(y2a - y1a, h)
+        canvas[y1a:y2a, x1a:x2a] = image[y1b:y2b, x1b:x2b]
+        labels = dataset.labels[i].copy()
+        labels[:, 1:] = xywhn_to_xyxy(labels[:, 1:], w, h, x1a - x1b, y1a - y1b)
+        all_labels.append(labels)
+    labels = np.concatenate(all_labels, 0).astype(np.float64)
+    np.clip(labels[:, 1:], 0, 2 * s, out=labels[:, 1:])
+    hyp = dataset.hyp
+    geometry = dict(degrees=hyp["degrees"], translate=hyp["translate"], scale=hyp["scale"], shear=hyp["shear"],
+                    perspective=hyp["perspective"])
+    matrix, _ = perspective_matrix(copy.deepcopy(rng), (2 * s, 2 * s), (s, s), **geometry)
+    image, labels = random_perspective(canvas, labels, rng=rng, border=dataset.mosaic_border, **geometry)
+    coeffs = (np.linalg.inv(matrix)[:2]).reshape(-1).tolist()
+    generic = Image.fromarray(canvas).transform((s, s), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR,
+                                                fillcolor=(114, 114, 114))
+    return image, np.asarray(generic), labels
+
+
+@pytest.mark.parametrize("imgsz,geometry,cache,tolerance", [
+    (64, {}, None, 1),  # images used at their size: what cropping the canvas changes
+    (64, dict(degrees=20, shear=5), None, 1),
+    (96, {}, "ram", 1),
+    # images resized over their visible part only: a sample point exactly between two pixels (1.5x here) may round
+    # the other way in each of the resize's two passes
+    (96, {}, None, 2),
+])
+def test_mosaic_of_the_sampled_region_equals_the_full_canvas(tmp_path, imgsz, geometry, cache, tolerance):
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate([(64, 48), (48, 64), (64, 37), (64, 64), (40, 64), (64, 30), (20, 64)]):
+        image = tmp_path / "images" / "train" / f"{i}.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(image)  # noise: any shift shows
+        label = label_path(image)
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text("0 0.5 0.5 0.5 0.5\n1 0.2 0.3 0.3 0.4\n")
+    cfg = load_data_config(write_yaml(tmp_path / "d.yaml", train="images/train", names=["a", "b"]))
+    dataset = YoloDataset(scan_labels(list_images(cfg, "train")), imgsz=imgsz, augment=True,
+                          hyp=dict(HYP, **geometry), cache=cache)
+    decoded = []
+    load_tile = dataset.load_tile
+    dataset.load_tile = lambda i, box=None: decoded.append(i) or load_tile(i, box)
+    mosaic_decodes = 0
+    for seed in range(40):
+        index = seed % len(dataset)
+        image, labels = dataset.load_mosaic(index, np.random.default_rng(seed))
+        mosaic_decodes += len(decoded)
+        expected, generic, expected_labels = full_canvas_mosaic(dataset, index, np.random.default_rng(seed))
+        decoded.clear()
+        assert np.array_equal(labels, expected_labels)
+        assert np.abs(image.astype(int) - expected).max() <= tolerance
+        assert np.abs(image.astype(int) - generic).max() <= tolerance + 1  # the transform truncates, resize rounds
+    assert cache or mosaic_decodes < 4 * 40  # images the warp cannot see are not decoded
+
+
 def test_val_letterbox_boxes_map_back_to_the_original(dataset_root):
     cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", val="images/val",
                                       names=["a"]))
@@ -302,6 +383,25 @@ def test_same_seed_same_batches_across_workers(dataset_root):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
     assert not torch.equal(a[0], c[0])
     assert not torch.equal(a[0], first_batch(1, 0, epoch=1)[0])
+
+
+def test_workers_kept_across_epochs_follow_set_epoch(dataset_root):
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", names=["a"]))
+    dataset = YoloDataset(scan_labels(list_images(cfg, "train")), imgsz=64, augment=True, hyp=HYP, seed=3)
+
+    def epochs(workers):
+        loader = build_dataloader(dataset, batch_size=2, workers=workers, shuffle=True, seed=3)
+        out = []
+        for epoch in range(2):
+            loader.batch_sampler.sampler.set_epoch(epoch)
+            out.append([(images, targets) for images, targets, _, _ in loader])
+        return out
+
+    kept, single = epochs(2), epochs(0)
+    for epoch in range(2):
+        for (a, at), (b, bt) in zip(kept[epoch], single[epoch], strict=True):
+            assert torch.equal(a, b) and torch.equal(at, bt)
+    assert not torch.equal(kept[0][0][0], kept[1][0][0])
 
 
 def test_ram_and_disk_caches_give_the_same_images(dataset_root, tmp_path, monkeypatch):

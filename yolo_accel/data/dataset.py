@@ -11,13 +11,27 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..boxes import xywhn_to_xyxy, xyxy_to_xywhn
 from ..files import atomic_write
 from ..progress import Progress
-from .augment import FILL, augment_hsv, copy_paste, letterbox, mixup, random_perspective, resize
-from .labels import LabelIndex, load_image_file
+from .augment import (
+    FILL,
+    augment_hsv,
+    copy_paste,
+    hsv_tables,
+    letterbox,
+    mixup,
+    perspective_matrix,
+    random_perspective,
+    resize,
+    sampled_region,
+    warp_image,
+    warp_labels,
+)
+from .labels import LabelIndex, load_image_file, open_image_file
 
 LOGGER = logging.getLogger("yolo_accel")
 Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]] | None
@@ -82,6 +96,8 @@ class YoloDataset(Dataset):
             self._cache_disk()
         elif cache:
             raise ValueError(f"cache must be 'ram', 'disk' or None, got {cache!r}")
+        if augment and any(self.hyp.get(k) for k in ("hsv_h", "hsv_s", "hsv_v")):
+            hsv_tables()  # built once here, so forked workers share them
 
     def __len__(self) -> int:
         return len(self.files)
@@ -115,12 +131,26 @@ class YoloDataset(Dataset):
         cached = self.ram[i]
         if cached is not None:
             return cached, (h0, w0), cached.shape[:2]
-        if self.npy_dir is not None:
-            image = np.load(self._npy_path(i), allow_pickle=False)
-        else:
-            image = load_image_file(self.files[i], restore=bool(self.restore[i]), max_side=self.imgsz)
         h, w = self.resized_shape(i)
-        return resize(image, w, h), (h0, w0), (h, w)
+        if self.npy_dir is not None:
+            return resize(np.load(self._npy_path(i), allow_pickle=False), w, h), (h0, w0), (h, w)
+        return np.asarray(self.load_tile(i)), (h0, w0), (h, w)
+
+    def load_tile(self, i: int, box: tuple[int, int, int, int] | None = None) -> Image.Image:
+        """load_image's image, or its (x0, y0, x1, y1) part, as a Pillow image.
+
+        A decoded image that needs resizing is resized only over `box`: the same pixels, except that a sample point
+        exactly halfway between two pixels may round the other way in each of the resize's two passes.
+        """
+        h, w = self.resized_shape(i)
+        x0, y0, x1, y1 = box or (0, 0, w, h)
+        if self.ram[i] is not None or self.npy_dir is not None:
+            return Image.fromarray(np.ascontiguousarray(self.load_image(i)[0][y0:y1, x0:x1]))
+        image = open_image_file(self.files[i], restore=bool(self.restore[i]), max_side=self.imgsz)
+        if image.size == (w, h):
+            return image if (x0, y0, x1, y1) == (0, 0, w, h) else image.crop((x0, y0, x1, y1))
+        sx, sy = image.width / w, image.height / h
+        return image.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy))
 
     def _cache_ram(self) -> None:
         needed = sum(h * w * 3 for h, w in (self.resized_shape(i) for i in range(len(self))))
@@ -204,30 +234,22 @@ class YoloDataset(Dataset):
     def load_mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Four images around a random centre on a 2s x 2s canvas, then copy-paste and a random warp to s x s.
 
-        Labels come back as (n, 5) = (class, x1, y1, x2, y2) in output pixels.
+        Labels come back as (n, 5) = (class, x1, y1, x2, y2) in output pixels. Without copy-paste only the part
+        of the canvas that the warp reads is assembled, and images that fall outside it are not decoded; the
+        result is the full canvas's up to rounding.
         """
         s = self.imgsz
         yc, xc = (int(rng.uniform(-b, 2 * s + b)) for b in self.mosaic_border)
         indices = [index, *rng.integers(0, len(self), size=3).tolist()]
         rng.shuffle(indices)
-        canvas = np.full((2 * s, 2 * s, 3), FILL, dtype=np.uint8)
+        tiles = []  # (image index, (x, y) of its top-left corner on the canvas)
         all_labels, all_segments = [], []
         for tile, i in enumerate(indices):
-            image, _, (h, w) = self.load_image(i)
-            if tile == 0:  # top left
-                x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
-                x1b, y1b, x2b, y2b = w - (x2a - x1a), h - (y2a - y1a), w, h
-            elif tile == 1:  # top right
-                x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, 2 * s), yc
-                x1b, y1b, x2b, y2b = 0, h - (y2a - y1a), min(w, x2a - x1a), h
-            elif tile == 2:  # bottom left
-                x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(2 * s, yc + h)
-                x1b, y1b, x2b, y2b = w - (x2a - x1a), 0, w, min(y2a - y1a, h)
-            else:  # bottom right
-                x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * s), min(2 * s, yc + h)
-                x1b, y1b, x2b, y2b = 0, 0, min(w, x2a - x1a), min(y2a - y1a, h)
-            canvas[y1a:y2a, x1a:x2a] = image[y1b:y2b, x1b:x2b]
-            padw, padh = x1a - x1b, y1a - y1b
+            h, w = self.resized_shape(i)
+            # top left, top right, bottom left, bottom right of the centre; the canvas edges clip them
+            padw, padh = (xc - w, yc - h) if tile == 0 else (xc, yc - h) if tile == 1 else \
+                (xc - w, yc) if tile == 2 else (xc, yc)
+            tiles.append((i, (padw, padh)))
             labels = self.labels[i].copy()
             segments = [seg * [w, h] + [padw, padh] for seg in self.segments[i]]
             if labels.size:
@@ -238,10 +260,31 @@ class YoloDataset(Dataset):
         for x in (labels[:, 1:], *all_segments):
             np.clip(x, 0, 2 * s, out=x)
         hyp = self.hyp
-        canvas, labels, all_segments = copy_paste(canvas, labels, all_segments, hyp.get("copy_paste", 0.0), rng)
-        return random_perspective(canvas, labels, all_segments, rng=rng, degrees=hyp["degrees"],
-                                  translate=hyp["translate"], scale=hyp["scale"], shear=hyp["shear"],
-                                  perspective=hyp["perspective"], border=self.mosaic_border)
+        geometry = dict(degrees=hyp["degrees"], translate=hyp["translate"], scale=hyp["scale"], shear=hyp["shear"],
+                        perspective=hyp["perspective"])
+        if hyp.get("copy_paste", 0.0) and all_segments:  # copy-paste mirrors the whole canvas
+            canvas = np.asarray(self._assemble(tiles, (0, 0, 2 * s, 2 * s)))
+            canvas, labels, all_segments = copy_paste(canvas, labels, all_segments, hyp["copy_paste"], rng)
+            return random_perspective(canvas, labels, all_segments, rng=rng, border=self.mosaic_border, **geometry)
+        out_shape = (2 * s + 2 * self.mosaic_border[0], 2 * s + 2 * self.mosaic_border[1])
+        # the draws random_perspective would make, in its order
+        matrix, scale = perspective_matrix(rng, (2 * s, 2 * s), out_shape, **geometry)
+        region = sampled_region(matrix, out_shape, (2 * s, 2 * s))
+        shift = np.eye(3)
+        shift[:2, 2] = region[:2]  # region pixels -> canvas pixels
+        image = warp_image(self._assemble(tiles, region), matrix @ shift, out_shape)
+        return np.asarray(image), warp_labels(labels, all_segments, matrix, scale, out_shape)
+
+    def _assemble(self, tiles: list[tuple[int, tuple[int, int]]], region: tuple[int, int, int, int]) -> Image.Image:
+        """The (x0, y0, x1, y1) part of the grey mosaic canvas with each image pasted at its corner."""
+        x0, y0, x1, y1 = region
+        canvas = Image.new("RGB", (x1 - x0, y1 - y0), (FILL, FILL, FILL))
+        for i, (left, top) in tiles:
+            h, w = self.resized_shape(i)
+            box = (max(x0 - left, 0), max(y0 - top, 0), min(x1 - left, w), min(y1 - top, h))  # in image pixels
+            if box[0] < box[2] and box[1] < box[3]:
+                canvas.paste(self.load_tile(i, box), (left + box[0] - x0, top + box[1] - y0))
+        return canvas
 
 
 def labels_to_class_weights(labels: list[np.ndarray], nc: int) -> np.ndarray:

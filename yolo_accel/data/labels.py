@@ -147,7 +147,8 @@ def dataset_hash(images: list[Path], label_files: list[Path]) -> str:
 
 
 def cache_path_for(images: list[Path]) -> Path:
-    return label_path(images[0]).parent.with_suffix(".cache")
+    # not YOLOv5's "<split>.cache": the two formats differ, and neither tool should clobber the other's
+    return label_path(images[0]).parent.with_suffix(".yolo-accel.cache")
 
 
 def save_cache(path: Path, index: LabelIndex, digest: str) -> bool:
@@ -238,8 +239,8 @@ def scan_labels(images: list[Path], prefix: str = "", workers: int = 8, use_cach
     return index
 
 
-def load_image_file(path: Path, restore: bool = False, max_side: int | None = None) -> np.ndarray:
-    """Decode to uint8 RGB (H, W, 3) honouring EXIF orientation; grey, alpha, palette and 16-bit are converted.
+def open_image_file(path: Path, restore: bool = False, max_side: int | None = None) -> Image.Image:
+    """Decode to a loaded RGB Pillow image honouring EXIF orientation; grey, alpha, palette and 16-bit are converted.
 
     With `max_side`, JPEGs may decode at a reduced scale (no smaller than max_side) to save time.
     """
@@ -253,13 +254,20 @@ def load_image_file(path: Path, restore: bool = False, max_side: int | None = No
                 scale = max_side / max(im.size)
                 if scale <= 0.5:
                     im.draft("RGB", (int(im.size[0] * scale) + 1, int(im.size[1] * scale) + 1))
-            im = ImageOps.exif_transpose(im)
+            im.load()  # before reading EXIF, which a PNG may store after the pixels
+            if im.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):  # exif_transpose copies even upright images
+                im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 array = np.asarray(im, dtype=np.float64)
                 array = (array / (65535.0 if array.max() > 255 else 255.0) * 255).clip(0, 255).astype(np.uint8)
-                return np.ascontiguousarray(np.repeat(array[..., None], 3, axis=2))
+                return Image.fromarray(np.ascontiguousarray(np.repeat(array[..., None], 3, axis=2)))
             if im.mode != "RGB":
                 im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
-            return np.asarray(im)
+            return im
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def load_image_file(path: Path, restore: bool = False, max_side: int | None = None) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of `open_image_file`."""
+    return np.asarray(open_image_file(path, restore, max_side))

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler, default_collate
 
 from .dataset import YoloDataset
 
@@ -51,7 +51,8 @@ def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...], t
     images, labels, paths, shapes = zip(*batch)
     for i, lb in enumerate(labels):
         lb[:, 0] = i
-    return torch.stack(images), torch.cat(labels, 0), paths, shapes
+    # default_collate stacks straight into shared memory inside a worker, saving a copy of the batch
+    return default_collate(images), torch.cat(labels, 0), paths, shapes
 
 
 def build_dataloader(dataset: YoloDataset, batch_size: int, workers: int = 8, shuffle: bool = False,
@@ -59,9 +60,12 @@ def build_dataloader(dataset: YoloDataset, batch_size: int, workers: int = 8, sh
     """A DataLoader over `dataset` with an EpochSampler; `batch_size` is per process.
 
     Call `loader.batch_sampler.sampler.set_epoch(e)` (or the Accelerate-prepared loader's `set_epoch`) each epoch.
+    Workers persist across epochs (as YOLOv5's InfiniteDataLoader): keys carry the epoch and the sampler lives in
+    the main process, so nothing in a worker needs updating; changes to the dataset object after the first epoch
+    do not reach them.
     """
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)
     batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
     num_workers = min(os.cpu_count() or 1, workers, batch_size if batch_size > 1 else 0)
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, persistent_workers=False)
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
