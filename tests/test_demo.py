@@ -135,8 +135,36 @@ def test_classes_sizes_and_background_images():
 
     boxes = np.concatenate([sample.boxes_xyxy for sample in samples])
     longest_side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / imgsz
-    assert longest_side.min() >= 0.05 and longest_side.max() <= 0.7
-    assert np.mean(longest_side < 0.15) > 0.1 and np.mean(longest_side > 0.35) > 0.1
+    assert longest_side.min() >= 0.15 and longest_side.max() <= 0.7
+    assert np.mean(longest_side < 0.25) > 0.1 and np.mean(longest_side > 0.4) > 0.1
+
+
+def circular_mean_hue(pixels: np.ndarray) -> float:
+    """Mean hue in degrees of (N, 3) uint8 RGB pixels, averaged on the circle."""
+    rgb = pixels.astype(np.float64) / 255
+    high, low = rgb.max(-1), rgb.min(-1)
+    spread = high - low + 1e-9
+    red, green, blue = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    sector = np.where(high == red, ((green - blue) / spread) % 6,
+                      np.where(high == green, (blue - red) / spread + 2, (red - green) / spread + 4))
+    return float(np.degrees(np.angle(np.mean(np.exp(1j * np.radians(sector * 60))))))
+
+
+def test_each_class_leans_towards_its_hue_but_not_always():
+    samples = render_split("train", 100, imgsz=128, seed=0)
+    distances = {class_id: [] for class_id in range(len(CLASS_NAMES))}
+    for sample in samples:
+        covered_later = np.zeros(sample.image.shape[:2], dtype=bool)
+        for class_id, mask in reversed(list(zip(sample.classes, sample.masks))):
+            visible = mask & ~covered_later
+            covered_later |= mask
+            hue = circular_mean_hue(sample.image[visible])
+            distances[class_id].append(abs((hue - demo.CLASS_HUES[class_id] + 180) % 360 - 180))
+    for class_id, class_distances in distances.items():
+        near = np.mean(np.array(class_distances) < 25)
+        assert near > 0.85, f"{CLASS_NAMES[class_id]}: only {near:.0%} of shapes near the class hue"
+    everything = np.concatenate([np.array(d) for d in distances.values()])
+    assert np.mean(everything >= 25) > 0.01, "some shapes must be off-hue, so the outline still matters"
 
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
