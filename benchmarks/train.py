@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `yolo-accel` sets it, before torch loads OpenMP
 
 import torch
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
+
+# DataLoader workers share the CPU with PyTorch's threads; passive OpenMP waiting stops those threads spinning on
+# cores the workers need (about 10% faster CPU training here). It must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -49,7 +54,7 @@ def train(
     cfg: Annotated[str, typer.Option(help="model yaml or name (default: the weights' own, else yolov5n)")] = "",
     weights: Annotated[str, typer.Option(help="initial weights: .safetensors or an Ultralytics .pt")] = "",
     hyp: Annotated[str, typer.Option(help="hyperparameters: scratch-low|med|high or a yaml path")] = "scratch-low",
-    epochs: Annotated[int | None, typer.Option(help="total epochs [default: 100; 30 on the demo data]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="total epochs [default: 100; 50 on the demo data]")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "--batch",
                                             help="total batch over all processes; -1 AutoBatch (CUDA)")] = 16,
     imgsz: Annotated[int | None, typer.Option("--imgsz", "--img", "--img-size",

@@ -204,7 +204,7 @@ def train_one_epoch(parts: TrainParts, loader: Iterable, state: LoopState, epoch
         step = state.step
         parts.warmup.apply(optimizer, step, epoch_factor)
         accumulate = parts.warmup.accumulate(step)
-        images = images.to(device, non_blocking=True).float() / 255
+        images = (images.to(device, non_blocking=True).float() / 255).contiguous(memory_format=torch.channels_last)
         if parts.multi_scale:
             size = parts.rng.randrange(int(parts.imgsz * 0.5), int(parts.imgsz * 1.5) + parts.grid_stride)
             size = size // parts.grid_stride * parts.grid_stride

@@ -275,6 +275,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         LOGGER.info("Using SyncBatchNorm()")
+    model = model.to(memory_format=torch.channels_last)  # ~20% faster convolutions on CPU, tensor-core friendly
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     unwrapped = accelerator.unwrap_model(model)
     ema = ModelEMA(unwrapped)
