@@ -159,3 +159,25 @@ def test_trackers_write_their_files_offline(tiny_data, tmp_path, monkeypatch, tr
         assert list(run.rglob("events.out.tfevents.*"))
     else:
         assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_training_flags_run_together(tiny_data, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="yolo_accel"):
+        run = train(tiny_config(tiny_data, tmp_path, image_weights=True, multi_scale=True, cos_lr=True,
+                                label_smoothing=0.1, optimizer="AdamW", close_mosaic=1, save_period=1,
+                                freeze=(10,), cache="ram", noautoanchor=False))
+    assert (run / "weights" / "epoch0.safetensors").is_file() and (run / "weights" / "epoch1.safetensors").is_file()
+    assert "freezing model.9.cv2.conv.weight" in caplog.text and "freezing model.10." not in caplog.text
+    assert "AutoAnchor" in caplog.text
+    run = train(tiny_config(tiny_data, tmp_path, rect=True, single_cls=True, optimizer="Adam", epochs=1))
+    assert load_model(run / "weights" / "last.safetensors").nc == 1
+
+
+def test_bad_options_are_refused_before_training(tiny_data, tmp_path):
+    from yolo_accel.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--optimizer must be"):
+        train(tiny_config(tiny_data, tmp_path, optimizer="Lion"))
+    with pytest.raises(ConfigError, match="multiple of the number of processes|--batch-size"):
+        train(tiny_config(tiny_data, tmp_path, batch_size=0))
+    assert not (tmp_path / "exp").exists()
