@@ -9,6 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from yolo_accel import files
 from yolo_accel.data import demo
 from yolo_accel.data.demo import CLASS_NAMES, demo_dataset, render_split, write_demo_dataset
 
@@ -171,11 +172,11 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(demo.CACHE_ENV, raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert demo.cache_dir() == tmp_path / "home" / ".cache" / "yolo-accel"
+    assert files.cache_dir() == tmp_path / "home" / ".cache" / "yolo-accel"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert demo.cache_dir() == tmp_path / "xdg" / "yolo-accel"
+    assert files.cache_dir() == tmp_path / "xdg" / "yolo-accel"
     monkeypatch.setenv(demo.CACHE_ENV, str(tmp_path / "mine"))
-    assert demo.cache_dir() == tmp_path / "mine"
+    assert files.cache_dir() == tmp_path / "mine"
 
 
 def call_demo_dataset(barrier, results) -> None:

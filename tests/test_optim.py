@@ -9,8 +9,7 @@ import torch
 
 from yolo_accel.ema import ModelEMA
 from yolo_accel.model import build_model
-from yolo_accel.optim import (Warmup, accumulate_steps, build_optimizer, lr_lambda, parameter_groups,
-                              scaled_weight_decay)
+from yolo_accel.optim import Warmup, accumulate_steps, build_optimizer, lr_lambda, parameter_groups, scaled_weight_decay
 from yolo_accel.train import EarlyStopping
 
 HYP = {"warmup_epochs": 3.0, "warmup_bias_lr": 0.1, "warmup_momentum": 0.8, "momentum": 0.937}

@@ -1,4 +1,4 @@
-"""Filesystem helpers shared by checkpoints, caches and run folders: atomic writes and exp{N} naming."""
+"""Filesystem helpers shared by checkpoints, caches and run folders: atomic writes, exp{N} naming, the cache."""
 
 from __future__ import annotations
 
@@ -36,3 +36,16 @@ def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = False
     if mkdir:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+CACHE_ENV = "YOLO_ACCEL_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where generated files go (demo data, --cache disk): $YOLO_ACCEL_CACHE, $XDG_CACHE_HOME/yolo-accel or
+    ~/.cache/yolo-accel."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "yolo-accel"
+    return Path.home() / ".cache" / "yolo-accel"

@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..boxes import xywhn_to_xyxy, xyxy_to_xywhn
-from ..files import atomic_write
+from ..files import atomic_write, cache_dir
 from ..progress import Progress
 from .augment import (
     FILL,
@@ -35,14 +35,6 @@ from .labels import LabelIndex, load_image_file, open_image_file
 
 LOGGER = logging.getLogger("yolo_accel")
 Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]] | None
-
-
-def cache_root() -> Path:
-    """Where yolo-accel keeps generated files: $YOLO_ACCEL_CACHE, $XDG_CACHE_HOME/yolo-accel or ~/.cache/yolo-accel."""
-    if os.environ.get("YOLO_ACCEL_CACHE"):
-        return Path(os.environ["YOLO_ACCEL_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "yolo-accel"
 
 
 def available_memory() -> int:
@@ -172,7 +164,7 @@ class YoloDataset(Dataset):
 
     def _cache_disk(self) -> None:
         """Decoded images as .npy in the yolo-accel cache folder (the dataset folder is left untouched)."""
-        self.npy_dir = cache_root() / "images"
+        self.npy_dir = cache_dir() / "images"
         self.npy_dir.mkdir(parents=True, exist_ok=True)
 
         def store(i: int) -> None:

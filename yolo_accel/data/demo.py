@@ -25,9 +25,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from ..files import CACHE_ENV, cache_dir
+
 CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring", "star")
 DEMO_VERSION = 2  # bump whenever the generator's output changes, so a stale cache is never reused
-CACHE_ENV = "YOLO_ACCEL_CACHE"
 SPLITS = ("train", "val")
 
 # largest shape side as a fraction of the image side: 26 to 64 px at 128 px, so a shape still spans
@@ -67,15 +68,6 @@ class DemoSample:
     masks: list[np.ndarray]
     classes: np.ndarray
     boxes_xyxy: np.ndarray
-
-
-def cache_dir() -> Path:
-    """$YOLO_ACCEL_CACHE, else $XDG_CACHE_HOME/yolo-accel, else ~/.cache/yolo-accel."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "yolo-accel"
-    return Path.home() / ".cache" / "yolo-accel"
 
 
 def demo_dataset(root: str | Path | None = None) -> Path:
