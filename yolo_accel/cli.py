@@ -110,10 +110,43 @@ def train(
         fail(str(err))
 
 
-@app.command(context_settings=PASSTHROUGH)
-def val(ctx: typer.Context) -> None:
-    """Validate weights on a dataset (not available in this version yet)."""
-    not_available("val")
+@app.command()
+def val(
+    data: Annotated[str, typer.Option(help="dataset yaml path, shipped name, or 'demo'")] = "demo",
+    weights: Annotated[list[str] | None, typer.Option(help="weights file(s): .safetensors or Ultralytics .pt; "
+                                                           "repeat the flag for several")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "--batch", help="total over all processes")] = 32,
+    imgsz: Annotated[int, typer.Option("--imgsz", "--img", "--img-size", help="inference size (pixels)")] = 640,
+    conf_thres: Annotated[float, typer.Option(help="confidence threshold")] = 0.001,
+    iou_thres: Annotated[float, typer.Option(help="NMS IoU threshold")] = 0.6,
+    max_det: Annotated[int, typer.Option(help="maximum detections per image")] = 300,
+    task: Annotated[str, typer.Option(help="val, test or speed")] = "val",
+    single_cls: Annotated[bool, typer.Option("--single-cls", help="treat as single-class dataset")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="report mAP by class")] = False,
+    save_txt: Annotated[bool, typer.Option("--save-txt", help="save results to *.txt")] = False,
+    save_conf: Annotated[bool, typer.Option("--save-conf", help="save confidences in --save-txt labels")] = False,
+    save_json: Annotated[bool, typer.Option("--save-json", help="save a COCO-format detections JSON")] = False,
+    project: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "runs/val",
+    name: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "exp",
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="reuse an existing PROJECT/NAME")] = False,
+    half: Annotated[bool, typer.Option("--half", help="FP16 inference (CUDA)")] = False,
+    workers: Annotated[int, typer.Option(help="max dataloader workers per process")] = 8,
+    device: Annotated[str, typer.Option(help="single process: cpu, or a CUDA index like 0")] = "",
+) -> None:
+    """Validate weights on a dataset split (`accelerate launch cli.py val ...` shards it over processes)."""
+    setup_logging()
+    if device and device != "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    from .data.sources import DataError
+    from .val import validate
+
+    try:
+        validate(data, weights or [], batch_size=batch_size, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres,
+                 max_det=max_det, task=task, single_cls=single_cls, verbose=verbose, save_txt=save_txt,
+                 save_conf=save_conf, save_json=save_json, project=project, name=name, exist_ok=exist_ok,
+                 half=half, workers=workers, device=device)
+    except (ConfigError, WeightsError, DataError) as err:
+        fail(str(err))
 
 
 @app.command(context_settings=PASSTHROUGH)

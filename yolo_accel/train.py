@@ -152,10 +152,19 @@ def check_amp(model: DetectionModel, device: torch.device, imgsz: int) -> bool:
 
 def build_val_batches(dataset: YoloDataset, batch_size: int, workers: int, rank: int, world: int
                       ) -> tuple[DataLoader, list[int]]:
-    """This process's share of whole validation batches (no padding), and the dataset indices it will see."""
-    batches = list(BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False))[rank::world]
+    """This process's part of every validation batch, and the dataset indices it will see.
+
+    `batch_size` is the total over processes, the size `dataset` planned its rectangular shapes for; each batch is
+    split into `world` contiguous parts, so every image gets the same letterbox whatever the process count and
+    the gathered metrics equal a single-process run's exactly. No padding samples are added.
+    """
+    batches = []
+    for batch in BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False):
+        part = math.ceil(len(batch) / world)
+        if batch[rank * part:(rank + 1) * part]:
+            batches.append(batch[rank * part:(rank + 1) * part])
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
-                        num_workers=min(workers, os.cpu_count() or 1, batch_size))
+                        num_workers=min(workers, os.cpu_count() or 1, max(len(batches), 1)))
     return loader, [i for batch in batches for i in batch]
 
 
@@ -179,6 +188,8 @@ def train(cfg: TrainConfig) -> Path:
             mixed_precision = "no"
     # without CUDA, Accelerate needs cpu=True to form a multi-process (gloo) group from `accelerate launch`
     use_cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    if cfg.batch_size == -1 and use_cpu:
+        raise ConfigError("--batch-size -1 (AutoBatch) needs a CUDA device; pass a batch size instead")
     process = PartialState(cpu=use_cpu)  # the process group, before the run folder every rank must agree on
     if resuming:
         save_dir = run
@@ -244,12 +255,12 @@ def train(cfg: TrainConfig) -> Path:
                             mosaic_epochs=cfg.epochs - cfg.close_mosaic if cfg.close_mosaic else None,
                             prefix="train: ")
     check_labels(train_set, nc, str(data.source))
-    val_set = YoloDataset(val_index, imgsz, batch_per_device * 2, rect=True, stride=grid_stride, pad=0.5,
+    val_set = YoloDataset(val_index, imgsz, batch_size * 2, rect=True, stride=grid_stride, pad=0.5,
                           single_cls=cfg.single_cls, cache=cfg.cache, seed=cfg.seed, prefix="val: ")
     train_loader = build_dataloader(train_set, batch_per_device, cfg.workers, shuffle=not cfg.rect, seed=cfg.seed,
                                     pin_memory=accelerator.device.type == "cuda")
     sampler = train_loader.batch_sampler.sampler
-    val_loader, val_indices = build_val_batches(val_set, batch_per_device * 2, cfg.workers * 2,
+    val_loader, val_indices = build_val_batches(val_set, batch_size * 2, cfg.workers * 2,
                                                 accelerator.process_index, world)
 
     if not resuming and not cfg.noautoanchor:
