@@ -235,8 +235,10 @@ def train_one_epoch(parts: TrainParts, loader: Iterable, state: LoopState, epoch
         state.mean_loss = mean_loss.tolist()
         if bar.enabled:
             memory = f"{torch.cuda.memory_reserved() / 1e9:.3g}G" if torch.cuda.is_available() else "0G"
-            bar.update(1, ("%11s" * 2 + "%11.4g" * 5) % (f"{state.epoch}/{epochs - 1}", memory, *state.mean_loss,
-                                                         targets.shape[0], images.shape[-1]))
+            # the row under the header first, then the bar, as YOLOv5 prints it
+            bar.description = ("%11s" * 2 + "%11.4g" * 5) % (f"{state.epoch}/{epochs - 1}", memory, *state.mean_loss,
+                                                             targets.shape[0], images.shape[-1])
+            bar.update(1)
         if on_batch is not None:
             on_batch()
         if should_stop_now(accelerator, stop_requested()):

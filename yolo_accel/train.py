@@ -190,6 +190,8 @@ def train(cfg: TrainConfig) -> Path:
     use_cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     if cfg.batch_size == -1 and use_cpu:
         raise ConfigError("--batch-size -1 (AutoBatch) needs a CUDA device; pass a batch size instead")
+    if cfg.sync_bn and use_cpu:
+        raise ConfigError("--sync-bn needs CUDA processes (PyTorch's SyncBatchNorm is GPU-only); drop it on CPU")
     process = PartialState(cpu=use_cpu)  # the process group, before the run folder every rank must agree on
     if resuming:
         save_dir = run
