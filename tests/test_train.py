@@ -181,7 +181,7 @@ def test_bad_options_are_refused_before_training(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match=r"--batch-size must be positive"):
         train(tiny_config(tiny_data, tmp_path, batch_size=0))
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="AutoBatch.*needs a CUDA device"):
+        with pytest.raises(ConfigError, match=r"AutoBatch.*needs a CUDA device"):
             train(tiny_config(tiny_data, tmp_path, batch_size=-1))
         with pytest.raises(ConfigError, match="--sync-bn needs CUDA"):
             train(tiny_config(tiny_data, tmp_path, sync_bn=True))

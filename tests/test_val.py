@@ -40,7 +40,7 @@ def test_trained_weights_score_on_the_demo_val_split(demo_data, tmp_path, caplog
     labels = sorted((save_dir / "labels").glob("*.txt"))
     assert len(labels) == 100
     first = [list(map(float, row.split())) for row in labels[0].read_text().splitlines()]
-    assert all(len(row) == 6 and 0 <= min(row[1:5]) and max(row[1:5]) <= 1 for row in first)
+    assert all(len(row) == 6 and min(row[1:5]) >= 0 and max(row[1:5]) <= 1 for row in first)
     detections = json.loads((save_dir / "demo_yolov5n_predictions.json").read_text())
     assert {"image_id", "category_id", "bbox", "score"} <= set(detections[0])
     assert all(0 <= d["bbox"][0] <= 128 and d["bbox"][2] > 0 for d in detections)
@@ -51,7 +51,7 @@ def test_val_refuses_weights_for_another_class_count(demo_data, tmp_path):
     from yolo_accel.model import build_model
 
     other = save_weights(build_model("yolov5n", nc=3), tmp_path / "nc3.safetensors")
-    with pytest.raises(ConfigError, match="nc=3 but .* has 6 classes"):
+    with pytest.raises(ConfigError, match=r"nc=3 but .* has 6 classes"):
         validate(str(demo_data), [str(other)], imgsz=128, project=str(tmp_path), workers=0)
     with pytest.raises(ConfigError, match="at least one"):
         validate(str(demo_data), [], project=str(tmp_path))

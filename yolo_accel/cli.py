@@ -149,10 +149,48 @@ def val(
         fail(str(err))
 
 
-@app.command(context_settings=PASSTHROUGH)
-def detect(ctx: typer.Context) -> None:
-    """Run inference on images (not available in this version yet)."""
-    not_available("detect")
+@app.command()
+def detect(
+    source: Annotated[str, typer.Option(help="image, folder, glob or .txt list of images")] = "",
+    weights: Annotated[str, typer.Option(help="weights: .safetensors or an Ultralytics .pt")] = "",
+    imgsz: Annotated[int, typer.Option("--imgsz", "--img", "--img-size", help="inference size (pixels)")] = 640,
+    conf_thres: Annotated[float, typer.Option(help="confidence threshold")] = 0.25,
+    iou_thres: Annotated[float, typer.Option(help="NMS IoU threshold")] = 0.45,
+    max_det: Annotated[int, typer.Option(help="maximum detections per image")] = 1000,
+    classes: Annotated[str, typer.Option(help="keep only these classes, e.g. 0,2,3")] = "",
+    agnostic_nms: Annotated[bool, typer.Option("--agnostic-nms", help="class-agnostic NMS")] = False,
+    save_txt: Annotated[bool, typer.Option("--save-txt", help="save results to *.txt")] = False,
+    save_conf: Annotated[bool, typer.Option("--save-conf", help="save confidences in --save-txt labels")] = False,
+    save_crop: Annotated[bool, typer.Option("--save-crop", help="save cropped prediction boxes")] = False,
+    nosave: Annotated[bool, typer.Option("--nosave", help="do not save annotated images")] = False,
+    line_thickness: Annotated[int, typer.Option(help="bounding box thickness (pixels)")] = 3,
+    hide_labels: Annotated[bool, typer.Option("--hide-labels", help="hide labels")] = False,
+    hide_conf: Annotated[bool, typer.Option("--hide-conf", help="hide confidences")] = False,
+    half: Annotated[bool, typer.Option("--half", help="FP16 inference (CUDA)")] = False,
+    project: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "runs/detect",
+    name: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "exp",
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="reuse an existing PROJECT/NAME")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="images per inference batch")] = 16,
+    device: Annotated[str, typer.Option(help="cpu, or a CUDA index like 0")] = "",
+) -> None:
+    """Detect objects in images and save annotated copies (and labels/crops) to runs/detect/exp{N}."""
+    setup_logging()
+    if not source or not weights:
+        fail("detect needs --source (image, folder, glob or .txt list) and --weights")
+    if device and device != "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    from .predict import detect as run_detect
+
+    try:
+        keep = [int(c) for c in classes.replace(",", " ").split()] if classes else None
+    except ValueError:
+        fail(f"--classes takes class indices like 0,2,3; got {classes!r}")
+    try:
+        run_detect(source, weights, imgsz, conf_thres, iou_thres, max_det, keep, agnostic_nms, save_txt, save_conf,
+                   save_crop, nosave, line_thickness, hide_labels, hide_conf, half, project, name, exist_ok,
+                   batch_size, device)
+    except (ConfigError, WeightsError) as err:
+        fail(str(err))
 
 
 @app.command(context_settings=PASSTHROUGH)

@@ -1,0 +1,57 @@
+"""A plain Python API mirroring the CLI: YOLO("best.safetensors").predict("img.jpg"), .val(data=...), .train(...)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import load_model
+from .config import TrainConfig
+from .predict import Detections, list_sources, predict
+
+
+class YOLO:
+    """Weights (.safetensors or Ultralytics .pt) or a model yaml name, with predict / val / train."""
+
+    def __init__(self, weights: str | Path = "yolov5n", device: str | None = None):
+        self.source = str(weights)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if Path(self.source).suffix in (".safetensors", ".pt"):
+            self.model = load_model(self.source, device=self.device).eval()
+        else:
+            from .model import build_model
+
+            self.model = build_model(self.source).to(self.device).eval()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.model.names)
+
+    def predict(self, source: str | Path | list[str | Path], imgsz: int = 640, conf: float = 0.25, iou: float = 0.45,
+                max_det: int = 1000, classes: list[int] | None = None) -> list[Detections]:
+        """Detections per image (boxes_xyxy, scores, classes in original pixels) for a path, folder, glob or list."""
+        sources = source if isinstance(source, list) else [source]
+        paths = [p for s in sources for p in list_sources(s)]
+        return predict(self.model, paths, imgsz=imgsz, conf_thres=conf, iou_thres=iou, max_det=max_det,
+                       classes=classes)
+
+    def val(self, data: str = "demo", **options: Any):
+        """`yolo-accel val` on these weights; options are its flags (batch_size=, imgsz=, ...). Returns the result."""
+        from .val import validate
+
+        if Path(self.source).suffix not in (".safetensors", ".pt"):
+            raise ValueError("val needs trained weights: YOLO('best.safetensors').val(...)")
+        _, results = validate(data, [self.source], **options)
+        return results[0]
+
+    def train(self, data: str = "demo", **options: Any) -> Path:
+        """`yolo-accel train` starting from these weights (or this yaml); options are its flags. Returns the run."""
+        from .train import train
+
+        is_weights = Path(self.source).suffix in (".safetensors", ".pt")
+        config = TrainConfig(data=data, weights=self.source if is_weights else "",
+                             cfg="" if is_weights else self.source)
+        return train(replace(config, **options))

@@ -1,0 +1,160 @@
+"""detect(...): `yolo-accel detect` — batched inference on images, annotated copies, YOLO-format labels, crops."""
+
+from __future__ import annotations
+
+import colorsys
+import glob
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .boxes import xyxy_to_xywh
+from .checkpoint import load_model
+from .config import ConfigError
+from .data.augment import letterbox
+from .data.labels import load_image_file
+from .data.sources import IMAGE_FORMATS
+from .files import increment_path
+from .model.yolo import DetectionModel
+from .nms import non_max_suppression, scale_boxes
+
+LOGGER = logging.getLogger("yolo_accel")
+
+
+@dataclass
+class Detections:
+    """Detections in one image, in its original pixels: boxes_xyxy (n, 4), scores (n,), classes (n,)."""
+
+    path: Path
+    boxes_xyxy: torch.Tensor
+    scores: torch.Tensor
+    classes: torch.Tensor
+    names: list[str]
+
+    def summary(self) -> str:
+        counts = torch.bincount(self.classes.long(), minlength=len(self.names)).tolist() if len(self.classes) else []
+        parts = [f"{n} {self.names[c]}{'s' if n > 1 else ''}" for c, n in enumerate(counts) if n]
+        return ", ".join(parts) if parts else "(no detections)"
+
+
+def list_sources(source: str | Path) -> list[Path]:
+    """Images from a file, a folder, a glob or a .txt list of paths (relative lines: to the list's folder)."""
+    text = str(source)
+    path = Path(text)
+    if any(ch in text for ch in "*?["):
+        files = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    elif path.is_file() and path.suffix == ".txt":
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        files = [Path(x) if Path(x).is_absolute() else path.parent / x for x in lines]
+    elif path.is_file():
+        files = [path]
+    else:
+        raise ConfigError(f"{source}: no such image, folder, glob or .txt list")
+    images = [p for p in files if p.suffix[1:].lower() in IMAGE_FORMATS]
+    if not images:
+        raise ConfigError(f"{source}: no images ({', '.join(IMAGE_FORMATS)}) found")
+    return images
+
+
+def class_colour(index: int) -> tuple[int, int, int]:
+    """Distinct, stable colours: hues spaced by the golden ratio."""
+    r, g, b = colorsys.hsv_to_rgb((index * 0.618033988749895) % 1.0, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def annotate(image: Image.Image, detections: Detections, line_thickness: int = 3, hide_labels: bool = False,
+             hide_conf: bool = False) -> Image.Image:
+    """Boxes in class colours with 'name conf' tags, drawn with Pillow's built-in font (nothing downloaded)."""
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(10, line_thickness * 4))
+    for box, score, cls in zip(detections.boxes_xyxy.tolist(), detections.scores.tolist(),
+                               detections.classes.int().tolist()):
+        colour = class_colour(cls)
+        draw.rectangle(box, outline=colour, width=line_thickness)
+        if hide_labels:
+            continue
+        text = detections.names[cls] if hide_conf else f"{detections.names[cls]} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        w, h = right - left, bottom - top + 4
+        x = max(0, min(box[0], image.width - w - 4))  # keep the tag inside the image
+        y = box[1] - h if box[1] - h >= 0 else box[1]
+        draw.rectangle((x, y, x + w + 4, y + h), fill=colour)
+        draw.text((x + 2, y + 1), text, fill=(255, 255, 255), font=font)
+    return image
+
+
+@torch.no_grad()
+def predict(model: DetectionModel, paths: list[Path], imgsz: int = 640, conf_thres: float = 0.25,
+            iou_thres: float = 0.45, max_det: int = 1000, classes: list[int] | None = None, agnostic: bool = False,
+            batch_size: int = 16, half: bool = False) -> list[Detections]:
+    """Letterbox to imgsz, run `model` (eval, on its device) in batches, NMS, and map boxes to original pixels."""
+    device = next(model.parameters()).device
+    stride = max(int(model.stride.max()), 32)
+    size = -(-imgsz // stride) * stride
+    names = list(model.names)
+    results = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        originals, batch, pads = [], [], []
+        for path in chunk:
+            image = load_image_file(path)
+            boxed, ratio, pad = letterbox(image, size, auto=False, scaleup=True, stride=stride)
+            originals.append(image.shape[:2])
+            batch.append(torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1))))
+            pads.append((ratio, pad))
+        images = torch.stack(batch).to(device).float() / 255
+        with torch.autocast(device.type, dtype=torch.float16, enabled=half and device.type == "cuda"):
+            output = model(images)
+        keep = non_max_suppression(output.float(), conf_thres, iou_thres, classes=classes, agnostic=agnostic,
+                                   max_det=max_det)
+        for path, shape, (ratio, pad), det in zip(chunk, originals, pads, keep):
+            det = det.clone()
+            scale_boxes(images.shape[2:], det[:, :4], shape, ((ratio[1], ratio[0]), pad))
+            results.append(Detections(path, det[:, :4].cpu(), det[:, 4].cpu(), det[:, 5].cpu(), names))
+    return results
+
+
+def detect(source: str, weights: str, imgsz: int = 640, conf_thres: float = 0.25, iou_thres: float = 0.45,
+           max_det: int = 1000, classes: list[int] | None = None, agnostic_nms: bool = False, save_txt: bool = False,
+           save_conf: bool = False, save_crop: bool = False, nosave: bool = False, line_thickness: int = 3,
+           hide_labels: bool = False, hide_conf: bool = False, half: bool = False, project: str = "runs/detect",
+           name: str = "exp", exist_ok: bool = False, batch_size: int = 16, device: str = "") -> Path:
+    """Run detection on `source` and save what was asked into runs/detect/exp{N}; returns that folder."""
+    paths = list_sources(source)
+    target = torch.device("cpu" if device == "cpu" or not torch.cuda.is_available() else "cuda")
+    model = load_model(weights, device=target).eval().fuse()
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+    start = time.perf_counter()
+    results = predict(model, paths, imgsz, conf_thres, iou_thres, max_det, classes, agnostic_nms, batch_size, half)
+    per_image_ms = (time.perf_counter() - start) / len(paths) * 1e3
+    for i, det in enumerate(results, 1):
+        image = Image.fromarray(load_image_file(det.path))  # upright RGB, as the model saw it
+        width, height = image.size
+        LOGGER.info(f"image {i}/{len(results)} {det.path}: {height}x{width} {det.summary()}")
+        if save_txt:
+            rows = []
+            gain = torch.tensor([width, height, width, height])
+            for box, score, cls in zip(det.boxes_xyxy, det.scores.tolist(), det.classes.int().tolist()):
+                xywhn = (xyxy_to_xywh(box) / gain).tolist()
+                values = [cls, *xywhn, score] if save_conf else [cls, *xywhn]
+                rows.append(("%g " * len(values)).rstrip() % tuple(values))
+            (save_dir / "labels").mkdir(exist_ok=True)
+            (save_dir / "labels" / f"{det.path.stem}.txt").write_text("".join(r + "\n" for r in rows))
+        if save_crop:
+            for j, (box, cls) in enumerate(zip(det.boxes_xyxy.tolist(), det.classes.int().tolist())):
+                folder = save_dir / "crops" / det.names[cls]
+                folder.mkdir(parents=True, exist_ok=True)
+                image.crop(tuple(round(v) for v in box)).save(folder / f"{det.path.stem}_{j}.jpg")
+        if not nosave:
+            annotate(image, det, line_thickness, hide_labels, hide_conf).save(save_dir / det.path.name)
+    LOGGER.info(f"Speed: {per_image_ms:.1f}ms per image (load, pre-process, inference, NMS) at {imgsz} px")
+    LOGGER.info(f"Results saved to {save_dir}")
+    return save_dir
