@@ -33,7 +33,7 @@ def test_info_unknown_model_exits_non_zero():
     assert "yolov5q: no such file" in result.output
 
 
-@pytest.mark.parametrize("command", ["export", "evolve"])
+@pytest.mark.parametrize("command", ["evolve"])
 def test_unavailable_commands_say_so_and_fail(command):
     result = runner.invoke(app, [command, "--epochs", "1"])
     assert result.exit_code == 3

@@ -193,10 +193,32 @@ def detect(
         fail(str(err))
 
 
-@app.command(context_settings=PASSTHROUGH)
-def export(ctx: typer.Context) -> None:
-    """Export weights to ONNX / TorchScript (not available in this version yet)."""
-    not_available("export")
+@app.command()
+def export(
+    weights: Annotated[str, typer.Option(help="weights: .safetensors or an Ultralytics .pt")] = "",
+    include: Annotated[list[str] | None, typer.Option(help="torchscript and/or onnx (repeat the flag)")] = None,
+    imgsz: Annotated[int, typer.Option("--imgsz", "--img", "--img-size", help="image size (pixels)")] = 640,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="batch size of the example input")] = 1,
+    opset: Annotated[int, typer.Option(help="ONNX opset version")] = 17,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="ONNX: dynamic batch and image size")] = False,
+    half: Annotated[bool, typer.Option("--half", help="FP16 export (CUDA)")] = False,
+    simplify: Annotated[bool, typer.Option("--simplify", help="ONNX: simplify with onnxslim if installed")] = False,
+    device: Annotated[str, typer.Option(help="cpu, or a CUDA index like 0")] = "",
+) -> None:
+    """Export weights to TorchScript and/or ONNX next to them, each checked against PyTorch's output."""
+    setup_logging()
+    if not weights:
+        fail("export needs --weights")
+    if device and device != "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    from .export import FORMATS
+    from .export import export as run_export
+
+    formats = tuple(x for item in (include or FORMATS) for x in item.replace(",", " ").split())
+    try:
+        run_export(weights, formats, imgsz, batch_size, opset, dynamic, half, simplify, device)
+    except (ConfigError, WeightsError) as err:
+        fail(str(err))
 
 
 @app.command(context_settings=PASSTHROUGH)

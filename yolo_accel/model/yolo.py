@@ -42,6 +42,7 @@ class Detect(nn.Module):
         self.register_buffer("stride", torch.ones(self.nl), persistent=False)  # set by DetectionModel
         self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
         self._grids: dict[tuple, torch.Tensor] = {}
+        self.dynamic = False  # rebuild grids every call (exports with dynamic input shapes)
 
     def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """x: per-level features. Train: list of (B, na, H, W, 5+nc) raw maps.
@@ -64,7 +65,7 @@ class Detect(nn.Module):
         anchors = self.anchors[i]
         shape = 1, self.na, ny, nx, 2
         key = (i, nx, ny, anchors.device, anchors.dtype)
-        grid = self._grids.get(key)
+        grid = None if self.dynamic else self._grids.get(key)
         if grid is None:
             ys = torch.arange(ny, device=anchors.device, dtype=anchors.dtype)
             xs = torch.arange(nx, device=anchors.device, dtype=anchors.dtype)
