@@ -81,3 +81,20 @@ def test_two_processes_give_exactly_the_single_process_metrics(demo_data, tmp_pa
     assert one["classes"].keys() == two["classes"].keys()
     for name, values in one["classes"].items():
         assert values == pytest.approx(two["classes"][name], rel=1e-6, abs=1e-9), name
+
+
+def test_test_time_augmentation(demo_data, tmp_path):
+    import torch
+
+    from yolo_accel.checkpoint import load_model
+
+    model = load_model(WEIGHTS).eval()
+    with torch.no_grad():
+        plain, augmented = model(torch.rand(1, 3, 160, 160)), model.forward_augmented(torch.rand(1, 3, 160, 160))
+    # scale 1 without its stride-32 boxes, 0.83 flipped (padded back to 160), 0.67 (padded to 128) without its
+    # stride-8 boxes
+    assert plain.shape[1] == 3 * (400 + 100 + 25)
+    assert augmented.shape[1] == 3 * (400 + 100) + 3 * (400 + 100 + 25) + 3 * (64 + 16)
+    _, (plain_result,) = validate(str(demo_data), [WEIGHTS], imgsz=160, project=str(tmp_path), workers=0)
+    _, (tta_result,) = validate(str(demo_data), [WEIGHTS], imgsz=160, project=str(tmp_path), workers=0, augment=True)
+    assert tta_result.metrics.map50_95 > plain_result.metrics.map50_95 - 0.02 and tta_result.metrics.map50 > 0.85

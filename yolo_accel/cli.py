@@ -122,6 +122,7 @@ def val(
     max_det: Annotated[int, typer.Option(help="maximum detections per image")] = 300,
     task: Annotated[str, typer.Option(help="val, test or speed")] = "val",
     single_cls: Annotated[bool, typer.Option("--single-cls", help="treat as single-class dataset")] = False,
+    augment: Annotated[bool, typer.Option("--augment", help="test-time augmentation (scales and a flip)")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="report mAP by class")] = False,
     save_txt: Annotated[bool, typer.Option("--save-txt", help="save results to *.txt")] = False,
     save_conf: Annotated[bool, typer.Option("--save-conf", help="save confidences in --save-txt labels")] = False,
@@ -144,7 +145,7 @@ def val(
         validate(data, weights or [], batch_size=batch_size, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres,
                  max_det=max_det, task=task, single_cls=single_cls, verbose=verbose, save_txt=save_txt,
                  save_conf=save_conf, save_json=save_json, project=project, name=name, exist_ok=exist_ok,
-                 half=half, workers=workers, device=device)
+                 half=half, workers=workers, device=device, augment=augment)
     except (ConfigError, WeightsError, DataError) as err:
         fail(str(err))
 

@@ -59,7 +59,7 @@ class EvalResult:
 def evaluate(model: nn.Module, batches: Iterable, indices: list[int], accelerator: Accelerator, nc: int,
              criterion: Callable | None = None, conf_thres: float = 0.001, iou_thres: float = 0.6,
              max_det: int = 300, single_cls: bool = False, description: str = "val",
-             show_progress: bool = True) -> EvalResult:
+             show_progress: bool = True, augment: bool = False) -> EvalResult:
     """Validate `model` (eval mode, unwrapped) on this process's shard of batches, then merge all shards.
 
     `indices` are the dataset indices this process sees, in loader order. Per-image predictions from every
@@ -81,8 +81,11 @@ def evaluate(model: nn.Module, batches: Iterable, indices: list[int], accelerato
             height, width = images.shape[2:]
             t1 = time.perf_counter()
             with accelerator.autocast():
-                decoded, raw = model(images, with_raw=True)
-            if criterion is not None:
+                if augment:  # test-time augmentation: no raw maps, so no validation loss
+                    decoded, raw = model.forward_augmented(images), None
+                else:
+                    decoded, raw = model(images, with_raw=True)
+            if criterion is not None and raw is not None:
                 loss_sum += criterion([r.float() for r in raw], targets)[1]
             t2 = time.perf_counter()
             targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, check_keys, read_yaml, resolve_config
@@ -138,6 +139,33 @@ class DetectionModel(nn.Module):
         if self.training or with_raw:
             return x
         return x[0]
+
+    @torch.no_grad()
+    def forward_augmented(self, x: torch.Tensor) -> torch.Tensor:
+        """Test-time augmentation (YOLOv5's): the image at scales 1, 0.83 (flipped left-right) and 0.67, decoded
+        predictions mapped back to the input's pixels and concatenated, (B, N, 5+nc). Eval mode only."""
+        height, width = x.shape[-2:]
+        grid_stride = int(self.stride.max())
+        outputs = []
+        for scale, flip in ((1.0, False), (0.83, True), (0.67, False)):
+            xi = x.flip(-1) if flip else x
+            if scale != 1.0:
+                size = int(height * scale), int(width * scale)
+                xi = F.interpolate(xi, size=size, mode="bilinear", align_corners=False)
+                padded = [math.ceil(v * scale / grid_stride) * grid_stride for v in (height, width)]
+                xi = F.pad(xi, [0, padded[1] - size[1], 0, padded[0] - size[0]], value=0.447)  # ImageNet mean
+            y = self.forward(xi)
+            y[..., :4] /= scale
+            if flip:
+                y[..., 0] = width - y[..., 0]
+            outputs.append(y)
+        # yolov5 parity: drop the full-size copy's largest-stride (big object) boxes and the smallest copy's
+        # smallest-stride (small object) boxes
+        levels = self.model[-1].nl
+        cells = sum(4**k for k in range(levels))
+        outputs[0] = outputs[0][:, : -(outputs[0].shape[1] // cells)]
+        outputs[-1] = outputs[-1][:, (outputs[-1].shape[1] // cells) * 4 ** (levels - 1):]
+        return torch.cat(outputs, 1)
 
     def fuse(self) -> DetectionModel:
         """Fold every BatchNorm into its conv (inference only)."""
