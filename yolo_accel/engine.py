@@ -59,7 +59,8 @@ class EvalResult:
 def evaluate(model: nn.Module, batches: Iterable, indices: list[int], accelerator: Accelerator, nc: int,
              criterion: Callable | None = None, conf_thres: float = 0.001, iou_thres: float = 0.6,
              max_det: int = 300, single_cls: bool = False, description: str = "val",
-             show_progress: bool = True, augment: bool = False) -> EvalResult:
+             show_progress: bool = True, augment: bool = False,
+             on_batch: Callable[[int, torch.Tensor, torch.Tensor, list, tuple], None] | None = None) -> EvalResult:
     """Validate `model` (eval mode, unwrapped) on this process's shard of batches, then merge all shards.
 
     `indices` are the dataset indices this process sees, in loader order. Per-image predictions from every
@@ -74,7 +75,7 @@ def evaluate(model: nn.Module, batches: Iterable, indices: list[int], accelerato
     position = 0
     enabled = show_progress and accelerator.is_main_process
     with Progress(len(indices), f"{description:>22}", enabled=enabled) as bar:
-        for images, targets, _, shapes in batches:
+        for images, targets, paths, shapes in batches:
             start = time.perf_counter()
             images = images.to(device, non_blocking=True).float() / 255
             targets = targets.to(device)
@@ -92,6 +93,8 @@ def evaluate(model: nn.Module, batches: Iterable, indices: list[int], accelerato
             output = non_max_suppression(decoded.float(), conf_thres, iou_thres, multi_label=True,
                                          agnostic=single_cls, max_det=max_det)
             t3 = time.perf_counter()
+            if on_batch is not None:  # (batch number, images 0-1, targets in pixels, NMS output, paths)
+                on_batch(batch_count, images, targets, output, paths)
             for si, pred in enumerate(output):
                 labels = targets[targets[:, 0] == si, 1:]
                 predn = pred.clone()
@@ -189,7 +192,8 @@ def should_stop_now(accelerator: Accelerator, requested: bool) -> bool:
 
 
 def train_one_epoch(parts: TrainParts, loader: Iterable, state: LoopState, epochs: int,
-                    stop_requested: Callable[[], bool], on_batch: Callable[[], None] | None = None,
+                    stop_requested: Callable[[], bool],
+                    on_batch: Callable[[int, torch.Tensor, torch.Tensor, tuple], None] | None = None,
                     show_progress: bool = True) -> bool:
     """Train from `state.batch` to the end of the epoch; returns False if interrupted (state points at the
     next batch to run), True when the epoch completed."""
@@ -203,7 +207,7 @@ def train_one_epoch(parts: TrainParts, loader: Iterable, state: LoopState, epoch
     bar = Progress(parts.batches_per_epoch, "", enabled=accelerator.is_main_process and show_progress)
     bar.count = state.batch
     mean_loss = torch.tensor(state.mean_loss, device=device)
-    for images, targets, _, _ in loader:
+    for images, targets, paths, _ in loader:
         step = state.step
         parts.warmup.apply(optimizer, step, epoch_factor)
         accumulate = parts.warmup.accumulate(step)
@@ -242,8 +246,8 @@ def train_one_epoch(parts: TrainParts, loader: Iterable, state: LoopState, epoch
             bar.description = ("%11s" * 2 + "%11.4g" * 5) % (f"{state.epoch}/{epochs - 1}", memory, *state.mean_loss,
                                                              targets.shape[0], images.shape[-1])
             bar.update(1)
-        if on_batch is not None:
-            on_batch()
+        if on_batch is not None:  # (batch number in the epoch, images 0-1, targets, paths)
+            on_batch(state.batch - 1, images, targets, paths)
         if should_stop_now(accelerator, stop_requested()):
             bar.close()
             return False

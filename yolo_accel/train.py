@@ -323,6 +323,11 @@ def train(cfg: TrainConfig) -> Path:
         if accelerator.is_main_process:
             LOGGER.info(f"Resuming training from {snapshot} at epoch {loop.epoch}, batch {loop.batch}")
 
+    plots = not cfg.noplots and accelerator.is_main_process
+    if plots and not resuming:
+        from .plots import plot_labels
+
+        plot_labels(train_set.labels, names, save_dir)
     if accelerator.is_main_process:
         atomic_write(save_dir / "hyp.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(hyp, sort_keys=False)))
         atomic_write(save_dir / "opt.yaml", lambda tmp: tmp.write_text(
@@ -359,6 +364,12 @@ def train(cfg: TrainConfig) -> Path:
             state_files.commit_snapshot(paths.state, tmp, loop.step)
         accelerator.wait_for_everyone()
 
+    def plot_train_batch(i: int, images: torch.Tensor, targets: torch.Tensor, batch_paths: tuple) -> None:
+        if i < 3:
+            from .plots import plot_images
+
+            plot_images(images, targets, batch_paths, save_dir / f"train_batch{i}.jpg", names)
+
     interrupted = False
     with StopRequest() as stop_request:
         while loop.epoch < cfg.epochs:
@@ -370,7 +381,8 @@ def train(cfg: TrainConfig) -> Path:
             if loop.batch:
                 loader = accelerator.skip_first_batches(train_loader, loop.batch)
             loader.set_epoch(epoch)
-            if not train_one_epoch(parts, loader, loop, cfg.epochs, lambda: stop_request.requested):
+            if not train_one_epoch(parts, loader, loop, cfg.epochs, lambda: stop_request.requested,
+                                   on_batch=plot_train_batch if plots and epoch == 0 else None):
                 interrupted = True
                 save_state()
                 break
@@ -415,6 +427,10 @@ def train(cfg: TrainConfig) -> Path:
             LOGGER.info(f"Training interrupted at epoch {loop.epoch}, batch {loop.batch}; state saved. "
                         f"Continue with: yolo-accel train --resume {save_dir}")
     else:
+        if plots and paths.results.exists():
+            from .plots import plot_results
+
+            plot_results(paths.results)
         finish(cfg, accelerator, paths, val_loader, val_indices, nc, names, criterion, loop)
     if trackers:
         accelerator.end_training()
@@ -437,9 +453,39 @@ def finish(cfg: TrainConfig, accelerator: Accelerator, paths: RunPaths, val_load
     model = load_model(best, device=accelerator.device)
     if accelerator.is_main_process:
         LOGGER.info(f"\nValidating {best}...")
+    plots = not cfg.noplots and accelerator.is_main_process
     result: EvalResult = evaluate(model, val_loader, val_indices, accelerator, nc, criterion=criterion,
-                                  single_cls=cfg.single_cls)
+                                  single_cls=cfg.single_cls,
+                                  on_batch=plot_val_batch(paths.save_dir, names) if plots else None)
+    if plots:
+        save_metric_plots(result, names, paths.save_dir)
     if accelerator.is_main_process:
         LOGGER.info("\n".join(format_results(result, names, verbose=True)))
         pre, infer, nms = result.speed_ms
         LOGGER.info(f"Speed: {pre:.1f}ms pre-process, {infer:.1f}ms inference, {nms:.1f}ms NMS per image")
+
+
+def plot_val_batch(save_dir: Path, names: list[str]):
+    """An evaluate() hook drawing the first 3 batches: val_batch{i}_labels.jpg and val_batch{i}_pred.jpg."""
+    from .boxes import xyxy_to_xywh
+    from .plots import plot_images
+
+    def hook(i: int, images: torch.Tensor, targets: torch.Tensor, output: list, batch_paths: list) -> None:
+        if i >= 3:
+            return
+        plot_images(images, targets, batch_paths, save_dir / f"val_batch{i}_labels.jpg", names)
+        rows = [torch.cat((torch.full((len(det), 1), float(si), device=det.device), det[:, 5:6],
+                           xyxy_to_xywh(det[:, :4]), det[:, 4:5]), 1) for si, det in enumerate(output)]
+        predictions = torch.cat(rows, 0) if rows else torch.zeros(0, 7)
+        plot_images(images, predictions, batch_paths, save_dir / f"val_batch{i}_pred.jpg", names)
+
+    return hook
+
+
+def save_metric_plots(result: EvalResult, names: list[str], save_dir: Path) -> None:
+    """PR/F1/P/R curves and the confusion matrix of a validation result."""
+    from .plots import plot_confusion_matrix, plot_metric_curves
+
+    if result.metrics.details is not None:
+        plot_metric_curves(result.metrics.details, names, save_dir)
+    plot_confusion_matrix(result.confusion.matrix, names, save_dir / "confusion_matrix.png")

@@ -18,7 +18,7 @@ from .data.labels import scan_labels
 from .data.sources import list_images, load_data_config
 from .engine import EvalResult, evaluate, format_results
 from .files import increment_path
-from .train import build_val_batches
+from .train import build_val_batches, plot_val_batch, save_metric_plots
 
 LOGGER = logging.getLogger("yolo_accel")
 
@@ -92,11 +92,15 @@ def validate(data: str, weights: list[str], batch_size: int = 32, imgsz: int = 6
                               single_cls=single_cls)
         loader, indices = build_val_batches(dataset, batch_size, workers, accelerator.process_index,
                                             accelerator.num_processes)
+        plots = accelerator.is_main_process and task != "speed"
+        names = ["item"] if single_cls else config.names
         result = evaluate(model, loader, indices, accelerator, nc, conf_thres=conf_thres, iou_thres=iou_thres,
-                          max_det=max_det, single_cls=single_cls, augment=augment)
+                          max_det=max_det, single_cls=single_cls, augment=augment,
+                          on_batch=plot_val_batch(save_dir, names) if plots else None)
+        if plots:
+            save_metric_plots(result, names, save_dir)
         results.append(result)
         if accelerator.is_main_process:
-            names = ["item"] if single_cls else config.names
             LOGGER.info("\n".join(format_results(result, names, verbose=verbose or nc < 50)))
             pre, infer, nms = result.speed_ms
             LOGGER.info(f"Speed: {pre:.1f}ms pre-process, {infer:.1f}ms inference, {nms:.1f}ms NMS per image at "
