@@ -33,13 +33,6 @@ def test_info_unknown_model_exits_non_zero():
     assert "yolov5q: no such file" in result.output
 
 
-@pytest.mark.parametrize("command", ["evolve"])
-def test_unavailable_commands_say_so_and_fail(command):
-    result = runner.invoke(app, [command, "--epochs", "1"])
-    assert result.exit_code == 3
-    assert "not available" in result.output
-
-
 def test_convert_then_info(tmp_path):
     out = tmp_path / "tiny.safetensors"
     result = runner.invoke(app, ["convert", str(REFERENCE / "tiny_ultralytics.pt"), str(out)])

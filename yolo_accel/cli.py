@@ -21,16 +21,11 @@ from .config import ConfigError
 app = typer.Typer(name="yolo-accel", no_args_is_help=True, add_completion=False,
                   help="YOLOv5 (v7.0 semantics) object detection on Hugging Face Accelerate.")
 
-PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
-
-
-def not_available(command: str) -> None:
-    fail(f"`yolo-accel {command}` is not available in this version yet; see the README for what is.", code=3)
 
 
 def setup_logging() -> None:
@@ -86,6 +81,7 @@ def train(
     mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16")] = "no",
     device: Annotated[str, typer.Option(help="single process: cpu, or a CUDA index like 0")] = "",
     log_with: Annotated[str, typer.Option(help="wandb, tensorboard, all or none")] = "none",
+    evolve: Annotated[int | None, typer.Option(help="evolve hyperparameters for N generations (see evolve)")] = None,
 ) -> None:
     """Train a YOLOv5 model (`accelerate launch cli.py train ...` for several processes)."""
     setup_logging()
@@ -105,7 +101,13 @@ def train(
         save_period=save_period, seed=seed, close_mosaic=close_mosaic, mixed_precision=mixed_precision,
         device=device, log_with=log_with)
     try:
-        run_training(config)
+        if evolve:
+            from .evolve import evolve as run_evolve
+
+            run_evolve(config, generations=evolve, project="runs/evolve" if project == "runs/train" else project,
+                       name=name)
+        else:
+            run_training(config)
     except (ConfigError, WeightsError, DataError, StateError) as err:
         fail(str(err))
 
@@ -222,10 +224,49 @@ def export(
         fail(str(err))
 
 
-@app.command(context_settings=PASSTHROUGH)
-def evolve(ctx: typer.Context) -> None:
-    """Evolve hyperparameters (not available in this version yet)."""
-    not_available("evolve")
+@app.command()
+def evolve(
+    data: Annotated[str, typer.Option(help="dataset yaml path, shipped name, or 'demo'")] = "demo",
+    cfg: Annotated[str, typer.Option(help="model yaml or name (default: the weights' own, else yolov5n)")] = "",
+    weights: Annotated[str, typer.Option(help="initial weights for every candidate")] = "",
+    hyp: Annotated[str, typer.Option(help="starting hyperparameters (scratch-low|med|high or a yaml)")] = "scratch-low",
+    epochs: Annotated[int | None, typer.Option(help="epochs per candidate [default: as train]")] = None,
+    generations: Annotated[int, typer.Option(help="total candidates in the ledger, all workers together")] = 300,
+    parallel: Annotated[int, typer.Option(help="worker processes to start here (one per GPU if there are GPUs)")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", "--batch", help="batch size per candidate")] = 16,
+    imgsz: Annotated[int | None, typer.Option("--imgsz", "--img", "--img-size", help="image size")] = None,
+    noautoanchor: Annotated[bool, typer.Option("--noautoanchor", help="no AutoAnchor (anchors not evolved)")] = False,
+    single_cls: Annotated[bool, typer.Option("--single-cls", help="train as single-class")] = False,
+    optimizer: Annotated[str, typer.Option(help="SGD, Adam or AdamW")] = "SGD",
+    cache: Annotated[str | None, typer.Option(help="cache images in ram (bare --cache) or disk")] = None,
+    rect: Annotated[bool, typer.Option("--rect", help="rectangular training batches")] = False,
+    image_weights: Annotated[bool, typer.Option("--image-weights", help="weighted image selection")] = False,
+    multi_scale: Annotated[bool, typer.Option("--multi-scale", help="vary image size +/- 50%%")] = False,
+    cos_lr: Annotated[bool, typer.Option("--cos-lr", help="cosine LR schedule")] = False,
+    workers: Annotated[int, typer.Option(help="max dataloader workers per candidate")] = 8,
+    seed: Annotated[int, typer.Option(help="training seed of every candidate")] = 0,
+    project: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "runs/evolve",
+    name: Annotated[str, typer.Option(help="save to PROJECT/NAME (re-running continues the latest)")] = "exp",
+    resume: Annotated[str | None, typer.Option(help="continue the evolve folder at PATH")] = None,
+    device: Annotated[str, typer.Option(help="cpu, or a CUDA index like 0")] = "",
+) -> None:
+    """Evolve hyperparameters with YOLOv5's genetic search; workers share evolve.csv through a file lock."""
+    setup_logging()
+    if device and device != "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    from .config import TrainConfig
+    from .data.sources import DataError
+    from .evolve import evolve as run_evolve
+
+    config = TrainConfig(data=data, cfg=cfg, weights=weights, hyp=hyp, epochs=epochs, batch_size=batch_size,
+                         imgsz=imgsz, noautoanchor=noautoanchor, single_cls=single_cls, optimizer=optimizer,
+                         cache=cache, rect=rect, image_weights=image_weights, multi_scale=multi_scale, cos_lr=cos_lr,
+                         workers=workers, seed=seed, device=device)
+    try:
+        run_evolve(config, generations=generations, parallel=parallel, project=project, name=name,
+                   resume=resume)
+    except (ConfigError, WeightsError, DataError) as err:
+        fail(str(err))
 
 
 @app.command()

@@ -300,3 +300,25 @@ def plot_confusion_matrix(matrix: np.ndarray, names: list[str], path: Path, norm
     ax.set_ylabel("Predicted")
     ax.set_title("Confusion Matrix")
     return _save(fig, path, dpi=250)
+
+
+def plot_evolve(evolve_csv: Path, header: list[str], rows: np.ndarray) -> Path:
+    """evolve.png beside evolve.csv: one scatter per hyperparameter against fitness, the best generation marked."""
+    from .metrics import fitness
+
+    keys = header[7:]
+    scores = fitness(rows)
+    best = int(np.argmax(scores))
+    columns = min(5, max(1, len(keys)))
+    grid_rows = max(1, -(-len(keys) // columns))
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(3.2 * columns, 2.6 * grid_rows), squeeze=False)
+    for ax, (j, key) in zip(axes.ravel(), enumerate(keys, start=7)):
+        ax.scatter(rows[:, j], scores, c=scores, cmap="viridis", s=18, alpha=0.8, edgecolors="none")
+        ax.plot(rows[best, j], scores[best], "k+", markersize=14)
+        ax.set_title(f"{key} = {rows[best, j]:.3g}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(f"fitness of {len(rows)} generations (best + = generation {best})", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(evolve_csv).with_name("evolve.png"), 200)

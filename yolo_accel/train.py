@@ -214,11 +214,10 @@ def train(cfg: TrainConfig) -> Path:
 
     # model, optionally starting from weights
     weights_state, weights_yaml, _ = read_any_weights(cfg.weights) if cfg.weights else ({}, None, None)
-    model = build_model(cfg.cfg or weights_yaml, nc=nc, anchors=None)
-    if hyp.get("anchors"):
-        LOGGER.info("hyp 'anchors' is a YOLOv5 evolve key; the model keeps its yaml anchors")
+    anchors = round(hyp["anchors"]) if hyp.get("anchors") else None  # an anchor count per level (evolve)
+    model = build_model(cfg.cfg or weights_yaml, nc=nc, anchors=anchors)
     if weights_state and not resuming:
-        exclude = ("anchor",) if cfg.cfg else ()
+        exclude = ("anchor",) if cfg.cfg or anchors else ()
         count = transfer_weights(model, weights_state, exclude)
         if accelerator.is_main_process:
             LOGGER.info(f"Transferred {count}/{len(model.state_dict())} items from {cfg.weights}")

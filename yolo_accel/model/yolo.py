@@ -211,9 +211,12 @@ def parse_model(cfg: dict[str, Any], source: str) -> tuple[nn.Sequential, list, 
     nc, gd, gw, anchors = cfg["nc"], cfg["depth_multiple"], cfg["width_multiple"], cfg["anchors"]
     if not isinstance(nc, int) or nc < 1:
         raise ConfigError(f"{source}: nc must be a positive integer, got {nc!r}")
-    if not isinstance(anchors, list) or not anchors:
-        raise ConfigError(f"{source}: anchors must be a list of per-level [w, h, ...] lists")
-    na = len(anchors[0]) // 2
+    if isinstance(anchors, int) and anchors > 0:  # a count per level: placeholders that AutoAnchor replaces
+        na = anchors
+    elif isinstance(anchors, list) and anchors:
+        na = len(anchors[0]) // 2
+    else:
+        raise ConfigError(f"{source}: anchors must be a list of per-level [w, h, ...] lists, or a count per level")
     outputs_per_level = na * (nc + 5)
     # yolov5 parity: one activation instance shared by every Conv, so module counts match its summary
     act = _activation(cfg["activation"], source) if cfg.get("activation") else nn.SiLU()

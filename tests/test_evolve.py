@@ -1,0 +1,116 @@
+"""Hyperparameter evolution: YOLOv5's mutation rules, the locked ledger, resume, and concurrent workers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REFERENCE
+
+from yolo_accel.config import TrainConfig, load_hyp
+from yolo_accel.data.demo import write_demo_dataset
+from yolo_accel.evolve import BOUNDS, RESULT_KEYS, append_row, clamp, evolve, locked, mutate, read_ledger, select_parent
+
+
+def test_mutation_follows_yolov5_rules():
+    hyp = clamp(load_hyp("scratch-low") | {"anchors": 3.0})
+    rng = np.random.default_rng(0)
+    children = [mutate(hyp, rng) for _ in range(200)]
+    for child in children:
+        assert child != hyp  # something always changes
+        for key, value in child.items():
+            gain, low, high = BOUNDS[key]
+            assert low <= value <= high and value == round(value, 5)
+            if gain == 0:
+                assert value == hyp[key]  # fixed keys never move
+            elif hyp[key] and low < value < high:
+                assert 0.3 - 1e-4 <= value / hyp[key] <= 3.0 + 1e-4  # factor clipped to [0.3, 3]
+    changed = np.mean([[c[k] != hyp[k] for k in hyp if BOUNDS[k][0]] for c in children])
+    assert 0.6 < changed < 0.9  # each gene mutates with probability 0.8 (some factors round back to 1)
+    again = [mutate(hyp, np.random.default_rng(0)) for _ in range(1)]
+    assert again[0] == children[0]  # seeded: reproducible
+
+
+def test_parent_is_drawn_from_the_top_five_by_fitness():
+    rows = np.zeros((8, 9))
+    rows[:, 2] = np.arange(8) / 10  # mAP50
+    rows[:, 3] = np.arange(8) / 20  # mAP50-95
+    rows[:, 7] = np.arange(8)  # a hyp column that names the row
+    picks = {int(select_parent(rows, np.random.default_rng(s))[7]) for s in range(200)}
+    assert picks <= {3, 4, 5, 6, 7} and 7 in picks
+    mean = select_parent(rows, np.random.default_rng(0), parent="weighted")
+    assert 3 < mean[7] < 7
+
+
+def write_rows(path: Path, worker: int, count: int) -> None:
+    for i in range(count):
+        with locked(path):
+            append_row(path, {"lr0": worker + i / 1000, "momentum": 0.9}, (0.1,) * 7)
+
+
+def test_concurrent_appends_lose_and_tear_nothing(tmp_path):
+    ledger = tmp_path / "evolve.csv"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=write_rows, args=(ledger, w, 40)) for w in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    header, rows = read_ledger(ledger)
+    assert header == [*RESULT_KEYS, "lr0", "momentum"] and rows.shape == (120, 9)
+    assert sorted(rows[:, 7].round(3).tolist()) == sorted(w + i / 1000 for w in range(3) for i in range(40))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_demo_dataset(tmp_path_factory.mktemp("data"), train_images=16, val_images=8, imgsz=64, seed=3)
+
+
+def tiny_config(data: Path) -> TrainConfig:
+    return TrainConfig(data=str(data), cfg=str(REFERENCE / "tiny.yaml"), epochs=1, batch_size=8, imgsz=64, workers=0,
+                       noautoanchor=True)
+
+
+def test_evolve_writes_ledger_best_hyp_and_plot_then_continues(tiny_data, tmp_path):
+    run = evolve(tiny_config(tiny_data), generations=2, project=str(tmp_path), seed=0)
+    header, rows = read_ledger(run / "evolve.csv")
+    assert header[:7] == list(RESULT_KEYS) and "lr0" in header and "anchors" not in header  # --noautoanchor
+    assert rows.shape[0] == 2 and (run / "evolve.png").stat().st_size > 10_000
+    best = (run / "hyp_evolve.yaml").read_text()
+    assert best.startswith("# YOLOv5 Hyperparameter Evolution Results\n# Best generation:")
+    assert load_hyp(run / "hyp_evolve.yaml")["lr0"] > 0  # loadable by `train --hyp`
+    assert evolve(tiny_config(tiny_data), generations=3, project=str(tmp_path), seed=1) == run  # continues
+    assert read_ledger(run / "evolve.csv")[1].shape[0] == 3
+
+
+@pytest.mark.slow
+def test_parallel_workers_and_a_killed_worker(tiny_data, tmp_path):
+    """Two workers fill one ledger; a third, killed mid-candidate, leaves every row intact."""
+    run = evolve(tiny_config(tiny_data), generations=4, parallel=2, project=str(tmp_path), seed=0)
+    header, rows = read_ledger(run / "evolve.csv")
+    assert rows.shape == (4, len(header)) and np.isfinite(rows).all()
+    lines = (run / "evolve.csv").read_text().splitlines()
+    assert all(len(line.split(",")) == len(header) for line in lines)
+    victim = subprocess.Popen([sys.executable, "-m", "yolo_accel.evolve", str(run), "100", "7"],
+                              env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(5)  # it finishes a candidate or two, then is killed inside the next one
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    header, after = read_ledger(run / "evolve.csv")
+    lines = (run / "evolve.csv").read_text().splitlines()
+    assert len(lines) == len(after) + 1 and all(len(line.split(",")) == len(header) for line in lines)
+    assert np.array_equal(after[:4], rows) and np.isfinite(after).all()
+    assert (run / "evolve.claims").read_text().strip()  # its unfinished candidate's claim is left behind
+    # the next worker prunes the dead claim and adds exactly the one missing generation
+    evolve(tiny_config(tiny_data), generations=len(after) + 1, project=str(tmp_path), seed=3)
+    assert len(read_ledger(run / "evolve.csv")[1]) == len(after) + 1
+    assert not (run / "evolve.claims").read_text().strip()
+    assert yaml.safe_load((run / "opt.yaml").read_text())["epochs"] == 1
