@@ -48,7 +48,8 @@ class YOLO:
         return results[0]
 
     def train(self, data: str = "demo", **options: Any) -> Path:
-        """`yolo-accel train` starting from these weights (or this yaml); options are its flags. Returns the run."""
+        """`yolo-accel train` starting from these weights (or this yaml); options are its flags. Returns the run
+        folder (raises yolo_accel.train.TrainingInterrupted if stopped by a signal after saving its state)."""
         from .train import train
 
         is_weights = Path(self.source).suffix in (".safetensors", ".pt")

@@ -90,6 +90,7 @@ def train(
     from .config import TrainConfig
     from .data.sources import DataError
     from .state import StateError
+    from .train import TrainingInterrupted
     from .train import train as run_training
 
     config = TrainConfig(
@@ -108,6 +109,8 @@ def train(
                        name=name)
         else:
             run_training(config)
+    except TrainingInterrupted:
+        raise typer.Exit(0) from None  # a deliberate stop: the state is saved and the message says how to resume
     except (ConfigError, WeightsError, DataError, StateError) as err:
         fail(str(err))
 
@@ -262,9 +265,14 @@ def evolve(
                          imgsz=imgsz, noautoanchor=noautoanchor, single_cls=single_cls, optimizer=optimizer,
                          cache=cache, rect=rect, image_weights=image_weights, multi_scale=multi_scale, cos_lr=cos_lr,
                          workers=workers, seed=seed, device=device)
+    from .train import TrainingInterrupted
+
     try:
         run_evolve(config, generations=generations, parallel=parallel, project=project, name=name,
                    resume=resume)
+    except TrainingInterrupted:
+        typer.echo("evolve stopped; the unfinished candidate is dropped. Re-run the same command to continue.")
+        raise typer.Exit(0) from None
     except (ConfigError, WeightsError, DataError) as err:
         fail(str(err))
 

@@ -182,7 +182,12 @@ def evolve_worker(config: TrainConfig, save_dir: Path, generations: int, seed: i
             else:
                 hyp = clamp(base)
         start = time.perf_counter()
-        results = train_candidate(config, hyp)
+        try:
+            results = train_candidate(config, hyp)
+        except BaseException:  # stopped (Ctrl-C, SIGTERM) or failed: drop this candidate's claim, record nothing
+            with locked(ledger):
+                update_claims(claims, remove=claim)
+            raise
         with locked(ledger):
             append_row(ledger, hyp, results)
             update_claims(claims, remove=claim)

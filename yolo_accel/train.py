@@ -42,6 +42,10 @@ RESULT_COLUMNS = ["train/box_loss", "train/obj_loss", "train/cls_loss", "metrics
                   "x/lr0", "x/lr1", "x/lr2"]
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving its state; args[0] is the run folder to --resume."""
+
+
 class StopRequest:
     """SIGINT/SIGTERM set a flag the loop checks after each batch; a second SIGINT interrupts at once."""
 
@@ -169,7 +173,8 @@ def build_val_batches(dataset: YoloDataset, batch_size: int, workers: int, rank:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train as `yolo-accel train` does; returns the run folder."""
+    """Train as `yolo-accel train` does; returns the run folder, or raises TrainingInterrupted after saving the
+    state when stopped by SIGINT/SIGTERM."""
     resuming = bool(cfg.resume)
     if resuming:
         run = find_resume_run(cfg.resume, cfg.project)
@@ -436,6 +441,8 @@ def train(cfg: TrainConfig) -> Path:
     accelerator.wait_for_everyone()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # a clean exit on every rank (gloo aborts otherwise)
+    if interrupted:
+        raise TrainingInterrupted(save_dir)
     return save_dir
 
 
