@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import colorsys
-import glob
 import logging
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from .checkpoint import load_model
 from .config import ConfigError
 from .data.augment import letterbox
 from .data.labels import load_image_file
-from .data.sources import IMAGE_FORMATS
+from .data.sources import IMAGE_FORMATS, expand_entry, only_images
 from .files import increment_path
 from .model.yolo import DetectionModel
 from .nms import non_max_suppression, scale_boxes
@@ -44,23 +43,25 @@ class Detections:
 
 def list_sources(source: str | Path) -> list[Path]:
     """Images from a file, a folder, a glob or a .txt list of paths (relative lines: to the list's folder)."""
-    text = str(source)
-    path = Path(text)
-    if any(ch in text for ch in "*?["):
-        files = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-    elif path.is_file() and path.suffix == ".txt":
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        files = [Path(x) if Path(x).is_absolute() else path.parent / x for x in lines]
-    elif path.is_file():
-        files = [path]
-    else:
+    files = expand_entry(Path(str(source)))
+    if files is None:
         raise ConfigError(f"{source}: no such image, folder, glob or .txt list")
-    images = [p for p in files if p.suffix[1:].lower() in IMAGE_FORMATS]
+    images = only_images(files)
     if not images:
         raise ConfigError(f"{source}: no images ({', '.join(IMAGE_FORMATS)}) found")
     return images
+
+
+def label_rows(boxes_xyxy: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, width: int, height: int,
+               save_conf: bool) -> str:
+    """A YOLO label file's text: `class x y w h [conf]` per box, normalised to the image size."""
+    gain = torch.tensor([width, height, width, height], dtype=torch.float32)
+    rows = []
+    for box, score, cls in zip(boxes_xyxy.float(), scores.tolist(), classes.int().tolist()):
+        xywhn = (xyxy_to_xywh(box) / gain).tolist()
+        values = [cls, *xywhn, score] if save_conf else [cls, *xywhn]
+        rows.append(("%g " * len(values)).rstrip() % tuple(values) + "\n")
+    return "".join(rows)
 
 
 def class_colour(index: int) -> tuple[int, int, int]:
@@ -140,14 +141,9 @@ def detect(source: str, weights: str, imgsz: int = 640, conf_thres: float = 0.25
         width, height = image.size
         LOGGER.info(f"image {i}/{len(results)} {det.path}: {height}x{width} {det.summary()}")
         if save_txt:
-            rows = []
-            gain = torch.tensor([width, height, width, height])
-            for box, score, cls in zip(det.boxes_xyxy, det.scores.tolist(), det.classes.int().tolist()):
-                xywhn = (xyxy_to_xywh(box) / gain).tolist()
-                values = [cls, *xywhn, score] if save_conf else [cls, *xywhn]
-                rows.append(("%g " * len(values)).rstrip() % tuple(values))
             (save_dir / "labels").mkdir(exist_ok=True)
-            (save_dir / "labels" / f"{det.path.stem}.txt").write_text("".join(r + "\n" for r in rows))
+            (save_dir / "labels" / f"{det.path.stem}.txt").write_text(
+                label_rows(det.boxes_xyxy, det.scores, det.classes, width, height, save_conf))
         if save_crop:
             for j, (box, cls) in enumerate(zip(det.boxes_xyxy.tolist(), det.classes.int().tolist())):
                 folder = save_dir / "crops" / det.names[cls]

@@ -18,6 +18,7 @@ from .data.labels import scan_labels
 from .data.sources import list_images, load_data_config
 from .engine import EvalResult, evaluate, format_results
 from .files import increment_path
+from .predict import label_rows
 from .train import build_val_batches, plot_val_batch, save_metric_plots
 
 LOGGER = logging.getLogger("yolo_accel")
@@ -34,13 +35,8 @@ def save_predictions(result: EvalResult, dataset: YoloDataset, save_dir: Path, s
         width, height = (int(v) for v in dataset.shapes[record.index])
         boxes = record.detections
         if save_txt:
-            gain = torch.tensor([width, height, width, height])
-            rows = []
-            for *xyxy, conf, cls in boxes.tolist():
-                xywhn = (xyxy_to_xywh(torch.tensor(xyxy)) / gain).tolist()
-                values = [int(cls), *xywhn, conf] if save_conf else [int(cls), *xywhn]
-                rows.append(("%g " * len(values)).rstrip() % tuple(values))
-            (save_dir / "labels" / f"{path.stem}.txt").write_text("".join(r + "\n" for r in rows))
+            (save_dir / "labels" / f"{path.stem}.txt").write_text(
+                label_rows(boxes[:, :4], boxes[:, 4], boxes[:, 5], width, height, save_conf))
         if save_json:
             image_id = int(path.stem) if path.stem.isnumeric() else path.stem
             xywh = xyxy_to_xywh(boxes[:, :4].clone())

@@ -93,25 +93,36 @@ def missing_data_message(config: DataConfig, split: str, missing: Path) -> str:
     return message
 
 
+def expand_entry(entry: Path) -> list[Path] | None:
+    """Files named by one entry: a glob, a folder (recursive), a .txt list (relative lines: to its folder) or a
+    file; None if it names nothing that exists."""
+    text = str(entry)
+    if any(ch in text for ch in "*?["):
+        return [Path(p) for p in glob.glob(text, recursive=True)]
+    if entry.is_dir():
+        return [p for p in entry.rglob("*") if p.is_file()]
+    if entry.is_file() and entry.suffix == ".txt":
+        lines = [line.strip() for line in entry.read_text().splitlines() if line.strip()]
+        return [Path(line) if Path(line).is_absolute() else (entry.parent / line) for line in lines]
+    return [entry] if entry.is_file() else None
+
+
+def only_images(files: list[Path]) -> list[Path]:
+    """The image files among `files`, normalised, deduplicated and sorted."""
+    return sorted({Path(os.path.normpath(p)) for p in files if p.suffix[1:].lower() in IMAGE_FORMATS})
+
+
 def list_images(config: DataConfig, split: str) -> list[Path]:
     """Every image of a split, sorted; folders are searched recursively, .txt lists resolve against their folder."""
     if split not in config.splits:
         raise DataError(f"{config.source}: no '{split}' split")
     files: list[Path] = []
     for entry in config.splits[split]:
-        text = str(entry)
-        if any(ch in text for ch in "*?["):
-            files += [Path(p) for p in glob.glob(text, recursive=True)]
-        elif entry.is_dir():
-            files += [p for p in entry.rglob("*") if p.is_file()]
-        elif entry.is_file() and entry.suffix == ".txt":
-            lines = [line.strip() for line in entry.read_text().splitlines() if line.strip()]
-            files += [Path(line) if Path(line).is_absolute() else (entry.parent / line) for line in lines]
-        elif entry.is_file():
-            files.append(entry)
-        else:
+        found = expand_entry(entry)
+        if found is None:
             raise DataError(missing_data_message(config, split, entry))
-    images = sorted({Path(os.path.normpath(p)) for p in files if p.suffix[1:].lower() in IMAGE_FORMATS})
+        files += found
+    images = only_images(files)
     if not images:
         raise DataError(f"{config.source}: no images ({', '.join(IMAGE_FORMATS)}) found for '{split}' in "
                         f"{', '.join(map(str, config.splits[split]))}")
