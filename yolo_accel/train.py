@@ -128,6 +128,16 @@ def append_results(path: Path, epoch: int, values: list[float]) -> None:
         f.write(header + row)
 
 
+def drop_results_from(path: Path, epoch: int) -> None:
+    """Forget rows for `epoch` and later: a run killed after writing a row but before its state snapshot redoes them."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if float(line.split(",", 1)[0]) < epoch]
+    if len(kept) != len(lines):
+        atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
+
+
 def read_results(path: Path) -> list[dict[str, float]]:
     if not path.exists():
         return []
@@ -325,6 +335,7 @@ def train(cfg: TrainConfig) -> Path:
         if loop.epoch >= cfg.epochs:
             raise ConfigError(f"{save_dir} finished its {cfg.epochs} epochs; pass --epochs N (more) to extend it")
         if accelerator.is_main_process:
+            drop_results_from(paths.results, loop.epoch)
             LOGGER.info(f"Resuming training from {snapshot} at epoch {loop.epoch}, batch {loop.batch}")
 
     plots = not cfg.noplots and accelerator.is_main_process
