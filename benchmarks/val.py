@@ -2,6 +2,7 @@
 
     python benchmarks/val.py --data DATA.yaml --weights W --img 320 --batch-size 32
 
+Plots are off, as in a timed `val.run(..., plots=False)` of the reference.
 The last stdout line is one JSON object: images_per_s (the second of two passes), val_seconds,
 detect_ms_per_image (batch 1, file to boxes) and the mAPs it measured.
 """
@@ -41,7 +42,7 @@ def main() -> None:
         for _ in range(2):  # the first pass warms the label cache, page cache and allocator; the second is timed
             start = time.perf_counter()
             _, (result,) = val.validate(args.data, [args.weights], batch_size=args.batch_size, imgsz=args.img,
-                                        project=project, workers=args.workers)
+                                        project=project, workers=args.workers, plots=False)
             seconds.append(time.perf_counter() - start)
     model = YOLO(args.weights)
     images = list_images(load_data_config(args.data), "val")[: args.detect_images]

@@ -8,10 +8,11 @@ import math
 
 import pytest
 import torch
+import torchvision
 from conftest import REFERENCE
 from safetensors.torch import load_file
 
-from yolo_accel.nms import non_max_suppression, scale_boxes
+from yolo_accel.nms import greedy_nms, non_max_suppression, scale_boxes
 
 TABLE = json.loads((REFERENCE / "metrics_reference.json").read_text())
 INPUTS = load_file(REFERENCE / "metrics_inputs.safetensors")
@@ -109,6 +110,18 @@ def test_max_det_and_max_nms_keep_the_most_confident():
     assert torch.all(all_boxes[1:, 4] <= all_boxes[:-1, 4])
     assert torch.equal(top, all_boxes[:5])
     assert torch.equal(pre_limited, all_boxes[:7])
+
+
+@pytest.mark.parametrize("spread", [40.0, 400.0])  # crowded (prefix must grow) and sparse (first prefix suffices)
+def test_greedy_nms_on_a_prefix_equals_nms_over_everything(spread):
+    generator = torch.Generator().manual_seed(0)
+    xy = torch.rand(6000, 2, generator=generator) * spread
+    boxes = torch.cat((xy, xy + 5 + torch.rand(6000, 2, generator=generator) * 30), 1)
+    scores = torch.rand(6000, generator=generator).sort(descending=True).values
+    everything = torchvision.ops.nms(boxes, scores, 0.5)
+    assert len(everything) > 300
+    for max_det in (1, 300, 10000):
+        assert torch.equal(greedy_nms(boxes, scores, 0.5, max_det), everything[:max_det])
 
 
 def test_appended_labels_become_confidence_one_detections():

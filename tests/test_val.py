@@ -44,6 +44,7 @@ def test_trained_weights_score_on_the_demo_val_split(demo_data, tmp_path, caplog
     detections = json.loads((save_dir / "demo_yolov5n_predictions.json").read_text())
     assert {"image_id", "category_id", "bbox", "score"} <= set(detections[0])
     assert all(0 <= d["bbox"][0] <= 128 and d["bbox"][2] > 0 for d in detections)
+    assert (save_dir / "confusion_matrix.png").is_file() and (save_dir / "val_batch0_pred.jpg").is_file()
 
 
 def test_val_refuses_weights_for_another_class_count(demo_data, tmp_path):
@@ -95,6 +96,8 @@ def test_test_time_augmentation(demo_data, tmp_path):
     # stride-8 boxes
     assert plain.shape[1] == 3 * (400 + 100 + 25)
     assert augmented.shape[1] == 3 * (400 + 100) + 3 * (400 + 100 + 25) + 3 * (64 + 16)
-    _, (plain_result,) = validate(str(demo_data), [WEIGHTS], imgsz=160, project=str(tmp_path), workers=0)
+    plain_dir, (plain_result,) = validate(str(demo_data), [WEIGHTS], imgsz=160, project=str(tmp_path), workers=0,
+                                          plots=False)
+    assert not [*plain_dir.glob("*.png"), *plain_dir.glob("*.jpg")]
     _, (tta_result,) = validate(str(demo_data), [WEIGHTS], imgsz=160, project=str(tmp_path), workers=0, augment=True)
     assert tta_result.metrics.map50_95 > plain_result.metrics.map50_95 - 0.02 and tta_result.metrics.map50 > 0.85

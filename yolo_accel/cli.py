@@ -138,6 +138,7 @@ def val(
     half: Annotated[bool, typer.Option("--half", help="FP16 inference (CUDA)")] = False,
     workers: Annotated[int, typer.Option(help="max dataloader workers per process")] = 8,
     device: Annotated[str, typer.Option(help="single process: cpu, or a CUDA index like 0")] = "",
+    noplots: Annotated[bool, typer.Option("--noplots", help="save no plot files")] = False,
 ) -> None:
     """Validate weights on a dataset split (`accelerate launch cli.py val ...` shards it over processes)."""
     setup_logging()
@@ -150,7 +151,7 @@ def val(
         validate(data, weights or [], batch_size=batch_size, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres,
                  max_det=max_det, task=task, single_cls=single_cls, verbose=verbose, save_txt=save_txt,
                  save_conf=save_conf, save_json=save_json, project=project, name=name, exist_ok=exist_ok,
-                 half=half, workers=workers, device=device, augment=augment)
+                 half=half, workers=workers, device=device, augment=augment, plots=not noplots)
     except (ConfigError, WeightsError, DataError) as err:
         fail(str(err))
 

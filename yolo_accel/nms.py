@@ -99,13 +99,30 @@ def non_max_suppression(
         detections = detections[detections[:, 4].argsort(descending=True)[:max_nms]]
 
         offsets = detections[:, 5:6] * (0 if agnostic else MAX_WH)  # separate classes in coordinate space
-        keep = torchvision.ops.nms(detections[:, :4] + offsets, detections[:, 4], iou_thres)[:max_det]
+        keep = greedy_nms(detections[:, :4] + offsets, detections[:, 4], iou_thres, max_det)
         output[image_index] = detections[keep].to(device)
         if time.time() - start > time_limit:
             logger.warning("NMS time limit %.3fs exceeded", time_limit)
             break
 
     return output
+
+
+def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, max_det: int) -> torch.Tensor:
+    """The first `max_det` indices that torchvision NMS keeps, for boxes already sorted by decreasing score.
+
+    Greedy NMS decides each box from the higher-scoring boxes alone, so NMS over the first k boxes keeps exactly
+    the boxes that NMS over all of them keeps among those k. Running it on a growing prefix until `max_det` boxes
+    are kept gives the same detections as one run over everything, at a fraction of the cost when thousands of
+    low-confidence candidates (conf 0.001 in validation) would never make the cut.
+    """
+    n = len(boxes)
+    k = min(n, 4 * max_det)
+    while True:
+        keep = torchvision.ops.nms(boxes[:k], scores[:k], iou_thres)
+        if len(keep) >= max_det or k == n:
+            return keep[:max_det]
+        k = min(n, 4 * k)
 
 
 def scale_boxes(

@@ -54,7 +54,8 @@ def validate(data: str, weights: list[str], batch_size: int = 32, imgsz: int = 6
              iou_thres: float = 0.6, max_det: int = 300, task: str = "val", single_cls: bool = False,
              verbose: bool = False, save_txt: bool = False, save_conf: bool = False, save_json: bool = False,
              project: str = "runs/val", name: str = "exp", exist_ok: bool = False, half: bool = False,
-             workers: int = 8, device: str = "", augment: bool = False) -> tuple[Path, list[EvalResult]]:
+             workers: int = 8, device: str = "", augment: bool = False,
+             plots: bool = True) -> tuple[Path, list[EvalResult]]:
     """Validate each weights file; returns the run folder and one result per file (metrics equal on any
     number of processes: every process takes whole batches, predictions are gathered before matching)."""
     if task not in ("val", "test", "speed"):
@@ -88,7 +89,7 @@ def validate(data: str, weights: list[str], batch_size: int = 32, imgsz: int = 6
                               single_cls=single_cls)
         loader, indices = build_val_batches(dataset, batch_size, workers, accelerator.process_index,
                                             accelerator.num_processes)
-        plots = accelerator.is_main_process and task != "speed"
+        plots = plots and accelerator.is_main_process and task != "speed"
         names = ["item"] if single_cls else config.names
         result = evaluate(model, loader, indices, accelerator, nc, conf_thres=conf_thres, iou_thres=iou_thres,
                           max_det=max_det, single_cls=single_cls, augment=augment,
