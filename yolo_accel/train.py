@@ -177,8 +177,9 @@ def build_val_batches(dataset: YoloDataset, batch_size: int, workers: int, rank:
         part = math.ceil(len(batch) / world)
         if batch[rank * part:(rank + 1) * part]:
             batches.append(batch[rank * part:(rank + 1) * part])
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
-                        num_workers=min(workers, os.cpu_count() or 1, max(len(batches), 1)))
+    num_workers = min(workers, os.cpu_count() or 1, max(len(batches), 1))
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
+                        persistent_workers=num_workers > 0)  # training validates every epoch: fork once
     return loader, [i for batch in batches for i in batch]
 
 
