@@ -35,7 +35,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="")
-    parser.add_argument("--mixed-precision", default="no")
+    parser.add_argument("--mixed-precision", default="auto")
     return parser.parse_args()
 
 

@@ -16,11 +16,12 @@ import yaml
 from conftest import REFERENCE, ROOT
 from safetensors.torch import load_file
 
+from yolo_accel import train as train_module
 from yolo_accel.checkpoint import load_model, save_weights
 from yolo_accel.config import TrainConfig
 from yolo_accel.data.demo import write_demo_dataset
 from yolo_accel.model import build_model
-from yolo_accel.train import RESULT_COLUMNS, read_results, train
+from yolo_accel.train import RESULT_COLUMNS, check_amp, choose_mixed_precision, read_results, train
 
 TINY = str(REFERENCE / "tiny.yaml")
 
@@ -188,4 +189,47 @@ def test_bad_options_are_refused_before_training(tiny_data, tmp_path):
             train(tiny_config(tiny_data, tmp_path, batch_size=-1))
         with pytest.raises(ConfigError, match="--sync-bn needs CUDA"):
             train(tiny_config(tiny_data, tmp_path, sync_bn=True))
+        with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+            train(tiny_config(tiny_data, tmp_path, mixed_precision="fp16"))
+    with pytest.raises(ConfigError, match="--mixed-precision must be auto, no, fp16 or bf16"):
+        train(tiny_config(tiny_data, tmp_path, mixed_precision="fp8"))
     assert not (tmp_path / "exp").exists()
+
+
+def test_auto_mixed_precision_follows_the_launcher_then_the_hardware(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert choose_mixed_precision("no", use_cpu=False) == "no"
+    assert choose_mixed_precision("auto", use_cpu=False) == "fp16"
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)
+    assert choose_mixed_precision("auto", use_cpu=True) == "bf16"
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
+    assert choose_mixed_precision("auto", use_cpu=True) == "no"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # accelerate launch --mixed_precision no
+    assert choose_mixed_precision("auto", use_cpu=False) == "no"
+    assert choose_mixed_precision("bf16", use_cpu=False) == "bf16"  # an explicit flag wins
+
+
+def test_one_process_trains_in_bf16_then_validates_and_trains_in_fp32(tiny_data, tmp_path, caplog):
+    from yolo_accel.val import validate
+
+    with caplog.at_level("INFO", logger="yolo_accel"):
+        run = train(tiny_config(tiny_data, tmp_path, epochs=1, mixed_precision="bf16", noplots=True))
+    assert "bf16 autocast on cpu" in caplog.text
+    _, (result,) = validate(str(tiny_data), [str(run / "weights" / "last.safetensors")], imgsz=64,
+                            project=str(tmp_path / "val"), workers=0, plots=False)
+    assert result.images > 0
+    train(tiny_config(tiny_data, tmp_path, epochs=1, mixed_precision="no", noplots=True))
+
+
+def test_amp_check_passes_bf16_and_catches_a_broken_autocast(monkeypatch):
+    torch.manual_seed(0)
+    model = build_model(TINY, nc=3)
+    assert check_amp(model, torch.device("cpu"), 64, torch.bfloat16)
+    original = model.forward
+
+    def drifting(images, *args, **kwargs):  # what a broken low-precision kernel would do
+        output = original(images, *args, **kwargs)
+        return output + 0.2 * images.shape[-1] if torch.is_autocast_enabled("cpu") else output
+
+    monkeypatch.setattr(model, "forward", drifting)
+    assert not check_amp(model, torch.device("cpu"), 64, torch.bfloat16)

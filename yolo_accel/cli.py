@@ -78,7 +78,9 @@ def train(
     save_period: Annotated[int, typer.Option(help="save weights every N epochs (disabled if < 1)")] = -1,
     seed: Annotated[int, typer.Option(help="global training seed")] = 0,
     close_mosaic: Annotated[int, typer.Option(help="train the last N epochs without mosaic")] = 0,
-    mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16")] = "no",
+    mixed_precision: Annotated[str, typer.Option(
+        help="auto (accelerate launch's choice, else fp16 on CUDA, bf16 on CPUs with bf16 instructions), no, fp16 "
+             "or bf16")] = "auto",
     device: Annotated[str, typer.Option(help="single process: cpu, or a CUDA index like 0")] = "",
     log_with: Annotated[str, typer.Option(help="wandb, tensorboard, all or none")] = "none",
     evolve: Annotated[int | None, typer.Option(help="evolve hyperparameters for N generations (see evolve)")] = None,

@@ -129,7 +129,7 @@ class TrainConfig:
     save_period: int = -1
     seed: int = 0
     close_mosaic: int = 0
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     device: str = ""
     log_with: str = "none"
 
@@ -142,7 +142,8 @@ class TrainConfig:
         checks = [
             (config.optimizer in ("SGD", "Adam", "AdamW"), f"--optimizer must be SGD, Adam or AdamW, got "
                                                            f"{config.optimizer!r}"),
-            (config.mixed_precision in ("no", "fp16", "bf16"), "--mixed-precision must be no, fp16 or bf16"),
+            (config.mixed_precision in ("auto", "no", "fp16", "bf16"),
+             "--mixed-precision must be auto, no, fp16 or bf16"),
             (config.log_with in ("none", "wandb", "tensorboard", "all"),
              "--log-with must be wandb, tensorboard, all or none"),
             (config.cache in (None, "ram", "disk"), "--cache must be ram or disk"),

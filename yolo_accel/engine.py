@@ -9,11 +9,13 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object
 from torch import nn
 
@@ -26,6 +28,18 @@ from .progress import Progress
 
 LOGGER = logging.getLogger("yolo_accel")
 LOSS_NAMES = ("box_loss", "obj_loss", "cls_loss")
+
+
+def new_accelerator(mixed_precision: str, **kwargs: Any) -> Accelerator:
+    """`Accelerator(mixed_precision=..., **kwargs)`, also after an earlier one in this process chose another precision.
+
+    Accelerate keeps one state per process and refuses a second precision, but one Python session may train in
+    bf16 and then validate in fp32 (the YOLO API, evolve, tests). Only the precision part is dropped; the process
+    group and device (PartialState) stay.
+    """
+    if AcceleratorState._shared_state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision, **kwargs)
 
 
 # ------------------------------------------------------------------ validation

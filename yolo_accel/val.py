@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from .boxes import xyxy_to_xywh
@@ -16,7 +15,7 @@ from .config import ConfigError
 from .data.dataset import YoloDataset
 from .data.labels import scan_labels
 from .data.sources import list_images, load_data_config
-from .engine import EvalResult, evaluate, format_results
+from .engine import EvalResult, evaluate, format_results, new_accelerator
 from .files import increment_path
 from .predict import label_rows
 from .train import build_val_batches, plot_val_batch, save_metric_plots
@@ -65,7 +64,7 @@ def validate(data: str, weights: list[str], batch_size: int = 32, imgsz: int = 6
     if task == "speed":  # YOLOv5: timings at detect-like thresholds, nothing saved
         conf_thres, iou_thres, save_txt, save_json = 0.25, 0.45, False, False
     use_cpu = device == "cpu" or not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision="fp16" if half and not use_cpu else "no")
+    accelerator = new_accelerator("fp16" if half and not use_cpu else "no", cpu=use_cpu)
     config = load_data_config(data)
     split = "test" if task == "test" and "test" in config.splits else "val" if "val" in config.splits else "train"
     with accelerator.main_process_first():
