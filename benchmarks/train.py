@@ -86,7 +86,7 @@ def main() -> None:
         "total_seconds": round(total, 2),
         "epochs": args.epochs, "batch_size": args.batch_size, "img": args.img, "cfg": args.cfg, "data": args.data,
         "workers": args.workers, "device": str(captured["parts"].accelerator.device),
-        "mixed_precision": args.mixed_precision, "torch_threads": torch.get_num_threads(),
+        "mixed_precision": captured["parts"].accelerator.mixed_precision, "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(result))
 
