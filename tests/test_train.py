@@ -79,7 +79,7 @@ def test_resume_extends_a_finished_run(tiny_data, tmp_path, caplog):
     run = train(tiny_config(tiny_data, tmp_path, epochs=1))
     # a kill after the epoch-1 row was written but before its state snapshot: resume redoes epoch 1, one row
     lines = (run / "results.csv").read_text().splitlines(keepends=True)
-    (run / "results.csv").write_text("".join(lines) + lines[-1].replace(" 0,", " 1,", 1))
+    (run / "results.csv").write_text("".join(lines) + lines[-1].replace(" 0,", " 1,", 1) + lines[-1][:30])
     with caplog.at_level("INFO", logger="yolo_accel"):
         train(TrainConfig(resume=str(run), epochs=2))
     assert "re-planned over 2 epochs" in caplog.text

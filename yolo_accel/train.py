@@ -129,11 +129,21 @@ def append_results(path: Path, epoch: int, values: list[float]) -> None:
 
 
 def drop_results_from(path: Path, epoch: int) -> None:
-    """Forget rows for `epoch` and later: a run killed after writing a row but before its state snapshot redoes them."""
+    """Forget rows for `epoch` and later (and a row cut short): a run killed after writing a row but before its
+    state snapshot redoes that epoch."""
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    kept = lines[:1] + [line for line in lines[1:] if float(line.split(",", 1)[0]) < epoch]
+    columns = lines[0].count(",") if lines else 0
+
+    def earlier(line: str) -> bool:
+        fields = line.split(",")
+        try:
+            return line.endswith("\n") and len(fields) == columns + 1 and float(fields[0]) < epoch
+        except ValueError:
+            return False
+
+    kept = lines[:1] + [line for line in lines[1:] if earlier(line)]
     if len(kept) != len(lines):
         atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
 
