@@ -28,6 +28,19 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+# options several commands share (each command gives its own default)
+ImageSize = Annotated[int, typer.Option("--imgsz", "--img", "--img-size", help="image size (pixels)")]
+ConfThres = Annotated[float, typer.Option(help="confidence threshold")]
+IouThres = Annotated[float, typer.Option(help="NMS IoU threshold")]
+MaxDet = Annotated[int, typer.Option(help="maximum detections per image")]
+SaveTxt = Annotated[bool, typer.Option("--save-txt", help="save results to *.txt")]
+SaveConf = Annotated[bool, typer.Option("--save-conf", help="save confidences in --save-txt labels")]
+Half = Annotated[bool, typer.Option("--half", help="FP16 (CUDA)")]
+RunFolder = Annotated[str, typer.Option(help="save to PROJECT/NAME")]
+ExistOk = Annotated[bool, typer.Option("--exist-ok", help="reuse an existing PROJECT/NAME")]
+Device = Annotated[str, typer.Option(help="cpu, or a CUDA index like 0")]
+
+
 def setup_logging() -> None:
     """INFO on the main process, warnings only on the others (ranks come from the launcher's environment)."""
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
@@ -123,21 +136,21 @@ def val(
     weights: Annotated[list[str] | None, typer.Option(help="weights file(s): .safetensors or Ultralytics .pt; "
                                                            "repeat the flag for several")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "--batch", help="total over all processes")] = 32,
-    imgsz: Annotated[int, typer.Option("--imgsz", "--img", "--img-size", help="inference size (pixels)")] = 640,
-    conf_thres: Annotated[float, typer.Option(help="confidence threshold")] = 0.001,
-    iou_thres: Annotated[float, typer.Option(help="NMS IoU threshold")] = 0.6,
-    max_det: Annotated[int, typer.Option(help="maximum detections per image")] = 300,
+    imgsz: ImageSize = 640,
+    conf_thres: ConfThres = 0.001,
+    iou_thres: IouThres = 0.6,
+    max_det: MaxDet = 300,
     task: Annotated[str, typer.Option(help="val, test or speed")] = "val",
     single_cls: Annotated[bool, typer.Option("--single-cls", help="treat as single-class dataset")] = False,
     augment: Annotated[bool, typer.Option("--augment", help="test-time augmentation (scales and a flip)")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="report mAP by class")] = False,
-    save_txt: Annotated[bool, typer.Option("--save-txt", help="save results to *.txt")] = False,
-    save_conf: Annotated[bool, typer.Option("--save-conf", help="save confidences in --save-txt labels")] = False,
+    save_txt: SaveTxt = False,
+    save_conf: SaveConf = False,
     save_json: Annotated[bool, typer.Option("--save-json", help="save a COCO-format detections JSON")] = False,
-    project: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "runs/val",
-    name: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "exp",
-    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="reuse an existing PROJECT/NAME")] = False,
-    half: Annotated[bool, typer.Option("--half", help="FP16 inference (CUDA)")] = False,
+    project: RunFolder = "runs/val",
+    name: RunFolder = "exp",
+    exist_ok: ExistOk = False,
+    half: Half = False,
     workers: Annotated[int, typer.Option(help="max dataloader workers per process")] = 8,
     device: Annotated[str, typer.Option(help="single process: cpu, or a CUDA index like 0")] = "",
     noplots: Annotated[bool, typer.Option("--noplots", help="save no plot files")] = False,
@@ -162,25 +175,25 @@ def val(
 def detect(
     source: Annotated[str, typer.Option(help="image, folder, glob or .txt list of images")] = "",
     weights: Annotated[str, typer.Option(help="weights: .safetensors or an Ultralytics .pt")] = "",
-    imgsz: Annotated[int, typer.Option("--imgsz", "--img", "--img-size", help="inference size (pixels)")] = 640,
-    conf_thres: Annotated[float, typer.Option(help="confidence threshold")] = 0.25,
-    iou_thres: Annotated[float, typer.Option(help="NMS IoU threshold")] = 0.45,
-    max_det: Annotated[int, typer.Option(help="maximum detections per image")] = 1000,
+    imgsz: ImageSize = 640,
+    conf_thres: ConfThres = 0.25,
+    iou_thres: IouThres = 0.45,
+    max_det: MaxDet = 1000,
     classes: Annotated[str, typer.Option(help="keep only these classes, e.g. 0,2,3")] = "",
     agnostic_nms: Annotated[bool, typer.Option("--agnostic-nms", help="class-agnostic NMS")] = False,
-    save_txt: Annotated[bool, typer.Option("--save-txt", help="save results to *.txt")] = False,
-    save_conf: Annotated[bool, typer.Option("--save-conf", help="save confidences in --save-txt labels")] = False,
+    save_txt: SaveTxt = False,
+    save_conf: SaveConf = False,
     save_crop: Annotated[bool, typer.Option("--save-crop", help="save cropped prediction boxes")] = False,
     nosave: Annotated[bool, typer.Option("--nosave", help="do not save annotated images")] = False,
     line_thickness: Annotated[int, typer.Option(help="bounding box thickness (pixels)")] = 3,
     hide_labels: Annotated[bool, typer.Option("--hide-labels", help="hide labels")] = False,
     hide_conf: Annotated[bool, typer.Option("--hide-conf", help="hide confidences")] = False,
-    half: Annotated[bool, typer.Option("--half", help="FP16 inference (CUDA)")] = False,
-    project: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "runs/detect",
-    name: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "exp",
-    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="reuse an existing PROJECT/NAME")] = False,
+    half: Half = False,
+    project: RunFolder = "runs/detect",
+    name: RunFolder = "exp",
+    exist_ok: ExistOk = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="images per inference batch")] = 16,
-    device: Annotated[str, typer.Option(help="cpu, or a CUDA index like 0")] = "",
+    device: Device = "",
 ) -> None:
     """Detect objects in images and save annotated copies (and labels/crops) to runs/detect/exp{N}."""
     setup_logging()
@@ -206,13 +219,13 @@ def detect(
 def export(
     weights: Annotated[str, typer.Option(help="weights: .safetensors or an Ultralytics .pt")] = "",
     include: Annotated[list[str] | None, typer.Option(help="torchscript and/or onnx (repeat the flag)")] = None,
-    imgsz: Annotated[int, typer.Option("--imgsz", "--img", "--img-size", help="image size (pixels)")] = 640,
+    imgsz: ImageSize = 640,
     batch_size: Annotated[int, typer.Option("--batch-size", help="batch size of the example input")] = 1,
     opset: Annotated[int, typer.Option(help="ONNX opset version")] = 17,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="ONNX: dynamic batch and image size")] = False,
-    half: Annotated[bool, typer.Option("--half", help="FP16 export (CUDA)")] = False,
+    half: Half = False,
     simplify: Annotated[bool, typer.Option("--simplify", help="ONNX: simplify with onnxslim if installed")] = False,
-    device: Annotated[str, typer.Option(help="cpu, or a CUDA index like 0")] = "",
+    device: Device = "",
 ) -> None:
     """Export weights to TorchScript and/or ONNX next to them, each checked against PyTorch's output."""
     setup_logging()
