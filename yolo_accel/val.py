@@ -74,6 +74,7 @@ def validate(data: str, weights: list[str], batch_size: int = 32, imgsz: int = 6
     if accelerator.is_main_process:
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     save_dir = Path(broadcast_object_list([save_dir])[0])
+    plots = plots and accelerator.is_main_process and task != "speed"
     results = []
     summary = {}
     for weights_file in weights:
@@ -88,7 +89,6 @@ def validate(data: str, weights: list[str], batch_size: int = 32, imgsz: int = 6
                               single_cls=single_cls)
         loader, indices = build_val_batches(dataset, batch_size, workers, accelerator.process_index,
                                             accelerator.num_processes)
-        plots = plots and accelerator.is_main_process and task != "speed"
         names = ["item"] if single_cls else config.names
         result = evaluate(model, loader, indices, accelerator, nc, conf_thres=conf_thres, iou_thres=iou_thres,
                           max_det=max_det, single_cls=single_cls, augment=augment,
