@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, generic_warp
 from PIL import Image
 
 from yolo_accel.data.augment import (
@@ -17,6 +17,7 @@ from yolo_accel.data.augment import (
     perspective_matrix,
     random_perspective,
     sampled_region,
+    transform_points,
     warp,
 )
 
@@ -112,26 +113,34 @@ def test_hsv_equals_pillows_hsv_conversion_for_every_colour():
         expected = np.asarray(Image.fromarray(colours).convert("HSV").point(lut.astype(np.uint8).tolist())
                               .convert("RGB"))
         assert np.array_equal(out, expected)
+        # images smaller than the hue table take the per-pixel path
+        small = augment_hsv(colours[:200:3, ::7], np.random.default_rng(seed), 0.5, 0.7, 0.4)
+        assert np.array_equal(small, expected[:200:3, ::7])
 
 
-def generic_warp(image, matrix, out_shape):
-    """Pillow's generic affine transform: the definition the fast paths must reproduce."""
-    inverse = np.linalg.inv(matrix)
-    coeffs = (inverse[:2] / inverse[2, 2]).reshape(-1).tolist()
-    return np.asarray(Image.fromarray(image).transform((out_shape[1], out_shape[0]), Image.Transform.AFFINE, coeffs,
-                                                       Image.Resampling.BILINEAR, fillcolor=(114, 114, 114)))
-
-
-def test_enlarging_warp_matches_the_generic_transform():
+def test_scale_and_shift_warp_is_a_resize_of_a_whole_pixel_box():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 100, (37, 53, 3), dtype=np.uint8)  # far from the grey fill, so misplaced fill shows
-    for _ in range(200):
+    for _ in range(300):
         matrix = np.eye(3)
-        matrix[0, 0], matrix[1, 1] = rng.uniform(1, 1.7, 2) if rng.random() < 0.8 else (1.0, 1.0)
+        matrix[0, 0], matrix[1, 1] = rng.uniform(0.4, 1.7, 2) if rng.random() < 0.8 else (1.0, 1.0)
         matrix[:2, 2] = rng.uniform(-40, 30, 2)  # image edges inside the output, on either side
         out_shape = tuple(rng.integers(20, 70, 2).tolist())
-        out = warp(image, matrix, out_shape).astype(int)
-        assert np.abs(out - generic_warp(image, matrix, out_shape)).max() <= 1
+        out, used = warp(image, matrix, out_shape)
+        assert out.shape == (*out_shape, 3) and used[0, 1] == used[1, 0] == 0
+        # the output's corners read the input within a pixel of where the asked-for warp reads them
+        corners = np.array([[0, 0], [out_shape[1], out_shape[0]]], float)
+        moved = transform_points(corners, np.linalg.inv(used)) - transform_points(corners, np.linalg.inv(matrix))
+        assert np.abs(moved).max() <= 1
+        assert np.abs(moved[0]).max() <= 0.5
+        # the box's edges sit on whole input pixels
+        x0, y0 = transform_points(corners[:1], np.linalg.inv(used))[0]
+        assert abs(x0 - round(x0)) < 1e-9 and abs(y0 - round(y0)) < 1e-9
+        # pixels as the generic transform gives them: within two levels (the resize rounds after each of its two
+        # passes, the transform truncates once); the outermost ring repeats the box's edge where the transform
+        # reads a neighbour
+        expected = generic_warp(image, used, out_shape, pad=2)
+        assert np.abs(out.astype(int) - expected)[1:-1, 1:-1].max() <= 2
 
 
 def test_sampled_region_holds_every_pixel_the_warp_reads():

@@ -2,24 +2,57 @@
 
 Images are uint8 RGB arrays (H, W, 3). Labels are float arrays (n, 5) = (class, x1, y1, x2, y2) in pixels,
 with continuous coordinates (pixel i covers [i, i+1)), so a box keeps framing the same pixels through every
-geometric transform. Image warps use Pillow, whose sampling follows that same convention.
+geometric transform. Resizes run on torch's uint8 kernels and other warps on Pillow; both sample that way.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 FILL = 114  # grey used for padding and warped-in borders (YOLOv5's value)
 
 
-def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize(image: np.ndarray, width: int, height: int, antialias: bool = True) -> np.ndarray:
+    """Bilinear resize of a uint8 (H, W, 3) image on torch's vectorised uint8 kernels (several times Pillow's speed).
+
+    With `antialias`, shrinking averages over the pixels each output pixel covers, as Pillow's BILINEAR resize does
+    (same pixels when enlarging, within two grey levels when shrinking); without, every output pixel interpolates
+    its four nearest input pixels, as a bilinear warp does.
+    """
     if image.shape[1] == width and image.shape[0] == height:
         return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+    out = F.interpolate(hwc_tensor(image), size=(height, width), mode="bilinear", align_corners=False,
+                        antialias=antialias)
+    return out[0].permute(1, 2, 0).numpy()
+
+
+def hwc_tensor(image: np.ndarray) -> torch.Tensor:
+    """A (1, 3, H, W) channels-last view of a (H, W, 3) array, for reading only (read-only arrays are fine)."""
+    if any(stride < 0 for stride in image.strides):
+        image = np.ascontiguousarray(image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns that read-only arrays stay read-only
+        return torch.from_numpy(image).permute(2, 0, 1)[None]
+
+
+def crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The (x0, y0, x1, y1) part of an (H, W, 3) image; where the box leaves the image, grey."""
+    x0, y0, x1, y1 = box
+    height, width = image.shape[:2]
+    if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
+        return image[y0:y1, x0:x1]
+    out = np.full((y1 - y0, x1 - x0, 3), FILL, np.uint8)
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if ix0 < ix1 and iy0 < iy1:
+        out[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = image[iy0:iy1, ix0:ix1]
+    return out
 
 
 def letterbox(image: np.ndarray, new_shape: int | tuple[int, int] = 640, auto: bool = False, scaleup: bool = True,
@@ -89,65 +122,47 @@ def perspective_matrix(rng: np.random.Generator, image_shape: tuple[int, int], o
     return move @ shear_m @ rotate @ persp @ centre, s
 
 
-def warp(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
-    """Warp with a 3x3 forward matrix into (h, w), bilinear, grey outside."""
-    return np.asarray(warp_image(Image.fromarray(image), matrix, out_shape))
+def aligned_matrix(matrix: np.ndarray,
+                   out_shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """For a warp that only scales and shifts, the nearest one mapping a whole-pixel box of its input exactly onto
+    the (h, w) output, and that box (x0, y0, x1, y1), which may reach outside the input; None for other warps.
+
+    Such a warp is a resize of the box, several times faster than a generic warp. Snapping moves the box's edges
+    by at most half an input pixel (the scale by under 1/640 at YOLOv5's sizes): a redraw of the random
+    transform, which the labels then follow exactly.
+    """
+    matrix = matrix / matrix[2, 2]
+    if matrix[0, 1] or matrix[1, 0] or matrix[2, 0] or matrix[2, 1] or matrix[0, 0] <= 0 or matrix[1, 1] <= 0:
+        return None
+    height, width = out_shape
+    span_x, span_y = max(1, round(width / matrix[0, 0])), max(1, round(height / matrix[1, 1]))
+    x0, y0 = round(-matrix[0, 2] / matrix[0, 0]), round(-matrix[1, 2] / matrix[1, 1])
+    scale_x, scale_y = width / span_x, height / span_y
+    aligned = np.array([[scale_x, 0, -x0 * scale_x], [0, scale_y, -y0 * scale_y], [0, 0, 1]])
+    return aligned, (x0, y0, x0 + span_x, y0 + span_y)
+
+
+def warp(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Warp with a 3x3 forward matrix into (h, w), bilinear, grey outside: (image, the matrix actually applied).
+
+    A scale-and-shift warp is snapped to whole input pixels (see aligned_matrix) and done as a resize.
+    """
+    aligned = aligned_matrix(matrix, out_shape)
+    if aligned is None:
+        return np.asarray(warp_image(Image.fromarray(image), matrix, out_shape)), matrix
+    matrix, box = aligned
+    return resize(crop(image, box), out_shape[1], out_shape[0], antialias=False), matrix
 
 
 def warp_image(image: Image.Image, matrix: np.ndarray, out_shape: tuple[int, int]) -> Image.Image:
-    """`warp` on an RGB Pillow image: output pixel centres map back through `matrix`; outside the image is grey."""
+    """Pillow's generic warp of an RGB image: output pixel centres map back through `matrix`; outside is grey."""
     height, width = out_shape
     inverse = np.linalg.inv(matrix)
-    fill = (FILL, FILL, FILL)
     if matrix[2, 0] == 0 and matrix[2, 1] == 0:
-        coeffs = (inverse[:2] / inverse[2, 2]).reshape(-1)
-        if coeffs[1] == 0 and coeffs[3] == 0 and 0 < coeffs[0] <= 1 and 0 < coeffs[4] <= 1:
-            return _enlarge(image, coeffs, out_shape)
-        return image.transform((width, height), Image.Transform.AFFINE, coeffs.tolist(), Image.Resampling.BILINEAR,
-                               fillcolor=fill)
-    coeffs = (inverse.reshape(-1)[:8] / inverse[2, 2]).tolist()
-    return image.transform((width, height), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR,
-                           fillcolor=fill)
-
-
-def _enlarge(image: Image.Image, coeffs: np.ndarray, out_shape: tuple[int, int]) -> Image.Image:
-    """An axis-aligned warp that does not shrink, as a resize of a sub-pixel box (several times faster).
-
-    Pillow's bilinear resize filter is plain bilinear interpolation when enlarging, so this equals the generic
-    transform up to rounding (the transform truncates, the resize rounds: within one grey level). Pixels whose
-    centre maps outside the image stay grey; inside, edge pixels are repeated, as the transform does.
-    """
-    height, width = out_shape
-    scale_x, shift_x, scale_y, shift_y = coeffs[0], coeffs[2], coeffs[4], coeffs[5]
-    x = scale_x * (np.arange(width) + 0.5) + shift_x  # sample points, computed as Pillow's transform does
-    y = scale_y * (np.arange(height) + 0.5) + shift_y
-    cols = np.flatnonzero((x >= 0) & (x < image.width))
-    rows = np.flatnonzero((y >= 0) & (y < image.height))
-    out = Image.new("RGB", (width, height), (FILL, FILL, FILL))
-    if not (len(cols) and len(rows)):
-        return out
-    x0, x1, y0, y1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
-    box = [scale_x * x0 + shift_x, scale_y * y0 + shift_y, scale_x * x1 + shift_x, scale_y * y1 + shift_y]
-    if box[0] < 0 or box[1] < 0 or box[2] > image.width or box[3] > image.height:
-        image = _pad_edges(image)  # the first/last sample may sit within half a pixel of the border
-        box = [b + 1 for b in box]
-    patch = image.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR, box=box)
-    if patch.size == (width, height):
-        return patch
-    out.paste(patch, (x0, y0))
-    return out
-
-
-def _pad_edges(image: Image.Image) -> Image.Image:
-    """The image with a one-pixel border repeating its edge pixels."""
-    width, height = image.size
-    out = Image.new(image.mode, (width + 2, height + 2))
-    out.paste(image, (1, 1))
-    out.paste(image.crop((0, 0, 1, height)), (0, 1))
-    out.paste(image.crop((width - 1, 0, width, height)), (width + 1, 1))
-    out.paste(out.crop((0, 1, width + 2, 2)), (0, 0))
-    out.paste(out.crop((0, height, width + 2, height + 1)), (0, height + 1))
-    return out
+        method, coeffs = Image.Transform.AFFINE, (inverse[:2] / inverse[2, 2]).reshape(-1).tolist()
+    else:
+        method, coeffs = Image.Transform.PERSPECTIVE, (inverse.reshape(-1)[:8] / inverse[2, 2]).tolist()
+    return image.transform((width, height), method, coeffs, Image.Resampling.BILINEAR, fillcolor=(FILL, FILL, FILL))
 
 
 def sampled_region(matrix: np.ndarray, out_shape: tuple[int, int],
@@ -190,7 +205,7 @@ def random_perspective(image: np.ndarray, labels: np.ndarray, segments: list[np.
     out_shape = (image.shape[0] + border[0] * 2, image.shape[1] + border[1] * 2)
     matrix, s = perspective_matrix(rng, image.shape[:2], out_shape, degrees, translate, scale, shear, perspective)
     if border[0] or border[1] or (matrix != np.eye(3)).any():
-        image = warp(image, matrix, out_shape)
+        image, matrix = warp(image, matrix, out_shape)
     return image, warp_labels(labels, segments, matrix, s, out_shape)
 
 
@@ -238,7 +253,7 @@ def augment_hsv(image: np.ndarray, rng: np.random.Generator, hgain: float = 0.5,
     lut_s = np.clip(x * r[1], 0, 255).astype(np.uint8)
     lut_v = np.clip(x * r[2], 0, 255).astype(np.uint8)
     hue_table, saturation_table, rgb_table = hsv_tables()
-    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
+    red, green, blue = np.ascontiguousarray(image.transpose(2, 0, 1))  # planes: the arithmetic vectorises on them
     value = np.maximum(np.maximum(red, green), blue)
     low = np.minimum(np.minimum(red, green), blue)
     red = red.astype(np.int32)
@@ -250,11 +265,16 @@ def augment_hsv(image: np.ndarray, rng: np.random.Generator, hgain: float = 0.5,
     saturation_index = value.astype(np.uint16)
     saturation_index <<= 8
     saturation_index |= low
-    hsv = np.zeros((*image.shape[:2], 4), np.uint8)  # little-endian bytes of (h << 16 | s << 8 | v)
-    np.take(lut_h.take(hue_table), hue_index, out=hsv[..., 2])
-    np.take(lut_s.take(saturation_table), saturation_index, out=hsv[..., 1])
-    np.take(lut_v, value, out=hsv[..., 0])
-    rgbx = rgb_table.take(hsv.view("<u4")[..., 0])
+    # the HSV word h << 16 | s << 8 | v, each part through its gain table (the tables composed when that is cheaper)
+    lut_h, lut_s = lut_h.astype(np.uint32) << 16, lut_s.astype(np.uint32) << 8
+    if value.size > len(hue_table):
+        word = lut_h.take(hue_table).take(hue_index)
+        word |= lut_s.take(saturation_table).take(saturation_index)
+    else:
+        word = lut_h.take(hue_table.take(hue_index))
+        word |= lut_s.take(saturation_table.take(saturation_index))
+    word |= lut_v.take(value)
+    rgbx = rgb_table.take(word)
     return rgbx.view(np.uint8).reshape(*image.shape[:2], 4)[..., :3]  # a view: callers copy once (flip, CHW)
 
 

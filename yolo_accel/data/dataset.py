@@ -19,6 +19,7 @@ from ..files import atomic_write, cache_dir
 from ..progress import Progress
 from .augment import (
     FILL,
+    aligned_matrix,
     augment_hsv,
     copy_paste,
     hsv_tables,
@@ -125,24 +126,10 @@ class YoloDataset(Dataset):
             return cached, (h0, w0), cached.shape[:2]
         h, w = self.resized_shape(i)
         if self.npy_dir is not None:
-            return resize(np.load(self._npy_path(i), allow_pickle=False), w, h), (h0, w0), (h, w)
-        return np.asarray(self.load_tile(i)), (h0, w0), (h, w)
-
-    def load_tile(self, i: int, box: tuple[int, int, int, int] | None = None) -> Image.Image:
-        """load_image's image, or its (x0, y0, x1, y1) part, as a Pillow image.
-
-        A decoded image that needs resizing is resized only over `box`: the same pixels, except that a sample point
-        exactly halfway between two pixels may round the other way in each of the resize's two passes.
-        """
-        h, w = self.resized_shape(i)
-        x0, y0, x1, y1 = box or (0, 0, w, h)
-        if self.ram[i] is not None or self.npy_dir is not None:
-            return Image.fromarray(np.ascontiguousarray(self.load_image(i)[0][y0:y1, x0:x1]))
-        image = open_image_file(self.files[i], restore=bool(self.restore[i]), max_side=self.imgsz)
-        if image.size == (w, h):
-            return image if (x0, y0, x1, y1) == (0, 0, w, h) else image.crop((x0, y0, x1, y1))
-        sx, sy = image.width / w, image.height / h
-        return image.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+            image = np.load(self._npy_path(i), allow_pickle=False)
+        else:
+            image = np.asarray(open_image_file(self.files[i], restore=bool(self.restore[i]), max_side=self.imgsz))
+        return resize(image, w, h), (h0, w0), (h, w)
 
     def _cache_ram(self) -> None:
         needed = sum(h * w * 3 for h, w in (self.resized_shape(i) for i in range(len(self))))
@@ -228,7 +215,7 @@ class YoloDataset(Dataset):
 
         Labels come back as (n, 5) = (class, x1, y1, x2, y2) in output pixels. Without copy-paste only the part
         of the canvas that the warp reads is assembled, and images that fall outside it are not decoded; the
-        result is the full canvas's up to rounding.
+        result is the same as warping the full canvas.
         """
         s = self.imgsz
         yc, xc = (int(rng.uniform(-b, 2 * s + b)) for b in self.mosaic_border)
@@ -255,27 +242,36 @@ class YoloDataset(Dataset):
         geometry = dict(degrees=hyp["degrees"], translate=hyp["translate"], scale=hyp["scale"], shear=hyp["shear"],
                         perspective=hyp["perspective"])
         if hyp.get("copy_paste", 0.0) and all_segments:  # copy-paste mirrors the whole canvas
-            canvas = np.asarray(self._assemble(tiles, (0, 0, 2 * s, 2 * s)))
+            canvas = self._assemble(tiles, (0, 0, 2 * s, 2 * s))
             canvas, labels, all_segments = copy_paste(canvas, labels, all_segments, hyp["copy_paste"], rng)
             return random_perspective(canvas, labels, all_segments, rng=rng, border=self.mosaic_border, **geometry)
         out_shape = (2 * s + 2 * self.mosaic_border[0], 2 * s + 2 * self.mosaic_border[1])
         # the draws random_perspective would make, in its order
         matrix, scale = perspective_matrix(rng, (2 * s, 2 * s), out_shape, **geometry)
-        region = sampled_region(matrix, out_shape, (2 * s, 2 * s))
-        shift = np.eye(3)
-        shift[:2, 2] = region[:2]  # region pixels -> canvas pixels
-        image = warp_image(self._assemble(tiles, region), matrix @ shift, out_shape)
-        return np.asarray(image), warp_labels(labels, all_segments, matrix, scale, out_shape)
+        aligned = aligned_matrix(matrix, out_shape)
+        if aligned is not None:  # scale and shift (YOLOv5's hyps): a resize of the part of the canvas in view
+            matrix, region = aligned
+            image = resize(self._assemble(tiles, region), out_shape[1], out_shape[0], antialias=False)
+        else:
+            region = sampled_region(matrix, out_shape, (2 * s, 2 * s))
+            shift = np.eye(3)
+            shift[:2, 2] = region[:2]  # region pixels -> canvas pixels
+            image = np.asarray(warp_image(Image.fromarray(self._assemble(tiles, region)), matrix @ shift, out_shape))
+        return image, warp_labels(labels, all_segments, matrix, scale, out_shape)
 
-    def _assemble(self, tiles: list[tuple[int, tuple[int, int]]], region: tuple[int, int, int, int]) -> Image.Image:
-        """The (x0, y0, x1, y1) part of the grey mosaic canvas with each image pasted at its corner."""
+    def _assemble(self, tiles: list[tuple[int, tuple[int, int]]], region: tuple[int, int, int, int]) -> np.ndarray:
+        """The (x0, y0, x1, y1) part of the grey 2s x 2s mosaic canvas, each image at its corner, clipped by the
+        canvas edges; the region may reach past them. Images with no pixel in the region are not loaded."""
         x0, y0, x1, y1 = region
-        canvas = Image.new("RGB", (x1 - x0, y1 - y0), (FILL, FILL, FILL))
+        size = 2 * self.imgsz
+        canvas = np.full((y1 - y0, x1 - x0, 3), FILL, np.uint8)
         for i, (left, top) in tiles:
             h, w = self.resized_shape(i)
-            box = (max(x0 - left, 0), max(y0 - top, 0), min(x1 - left, w), min(y1 - top, h))  # in image pixels
-            if box[0] < box[2] and box[1] < box[3]:
-                canvas.paste(self.load_tile(i, box), (left + box[0] - x0, top + box[1] - y0))
+            cx0, cy0 = max(left, x0, 0), max(top, y0, 0)  # the image's visible part, in canvas pixels
+            cx1, cy1 = min(left + w, x1, size), min(top + h, y1, size)
+            if cx0 < cx1 and cy0 < cy1:
+                image = self.load_image(i)[0]
+                canvas[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = image[cy0 - top:cy1 - top, cx0 - left:cx1 - left]
         return canvas
 
 
