@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 
 import numpy as np
 import torch
@@ -34,12 +33,10 @@ def resize(image: np.ndarray, width: int, height: int, antialias: bool = True) -
 
 
 def hwc_tensor(image: np.ndarray) -> torch.Tensor:
-    """A (1, 3, H, W) channels-last view of a (H, W, 3) array, for reading only (read-only arrays are fine)."""
-    if any(stride < 0 for stride in image.strides):
-        image = np.ascontiguousarray(image)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torch warns that read-only arrays stay read-only
-        return torch.from_numpy(image).permute(2, 0, 1)[None]
+    """A (1, 3, H, W) channels-last view of a (H, W, 3) array (a copy if the array is read-only or reversed)."""
+    if not image.flags.writeable or any(stride < 0 for stride in image.strides):
+        image = image.copy()  # torch only shares writable, forward-strided memory
+    return torch.from_numpy(image).permute(2, 0, 1)[None]
 
 
 def crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
