@@ -9,6 +9,7 @@ from conftest import ROOT, generic_warp
 from PIL import Image
 
 from yolo_accel.data.augment import (
+    aligned_matrix,
     augment_hsv,
     box_candidates,
     copy_paste,
@@ -123,7 +124,7 @@ def test_scale_and_shift_warp_is_a_resize_of_a_whole_pixel_box():
     image = rng.integers(0, 100, (37, 53, 3), dtype=np.uint8)  # far from the grey fill, so misplaced fill shows
     for _ in range(300):
         matrix = np.eye(3)
-        matrix[0, 0], matrix[1, 1] = rng.uniform(0.4, 1.7, 2) if rng.random() < 0.8 else (1.0, 1.0)
+        matrix[0, 0], matrix[1, 1] = rng.uniform(0.5, 1.7, 2) if rng.random() < 0.8 else (1.0, 1.0)
         matrix[:2, 2] = rng.uniform(-40, 30, 2)  # image edges inside the output, on either side
         out_shape = tuple(rng.integers(20, 70, 2).tolist())
         out, used = warp(image, matrix, out_shape)
@@ -141,6 +142,16 @@ def test_scale_and_shift_warp_is_a_resize_of_a_whole_pixel_box():
         # reads a neighbour
         expected = generic_warp(image, used, out_shape, pad=2)
         assert np.abs(out.astype(int) - expected)[1:-1, 1:-1].max() <= 2
+
+
+def test_far_shrinks_are_warped_directly():
+    image = np.random.default_rng(0).integers(0, 100, (60, 80, 3), dtype=np.uint8)
+    matrix = np.diag([0.1, 0.1, 1.0])
+    matrix[:2, 2] = 20
+    assert aligned_matrix(matrix, (60, 80), image.shape[:2]) is None  # the box would be 600 x 800
+    out, used = warp(image, matrix, (60, 80))
+    assert used is matrix and np.array_equal(out, generic_warp(image, matrix, (60, 80)))
+    assert aligned_matrix(np.diag([0.5, 0.5, 1.0]), (60, 80), image.shape[:2])[1] == (0, 0, 160, 120)
 
 
 def test_sampled_region_holds_every_pixel_the_warp_reads():

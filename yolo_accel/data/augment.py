@@ -119,20 +119,23 @@ def perspective_matrix(rng: np.random.Generator, image_shape: tuple[int, int], o
     return move @ shear_m @ rotate @ persp @ centre, s
 
 
-def aligned_matrix(matrix: np.ndarray,
-                   out_shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
-    """For a warp that only scales and shifts, the nearest one mapping a whole-pixel box of its input exactly onto
-    the (h, w) output, and that box (x0, y0, x1, y1), which may reach outside the input; None for other warps.
+def aligned_matrix(matrix: np.ndarray, out_shape: tuple[int, int],
+                   image_shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """For a warp that only scales and shifts, the nearest one mapping a whole-pixel box of its (h, w) input
+    exactly onto the (h, w) output, and that box (x0, y0, x1, y1), which may reach outside the input.
 
     Such a warp is a resize of the box, several times faster than a generic warp. Snapping moves the box's edges
     by at most half an input pixel (the scale by under 1/640 at YOLOv5's sizes): a redraw of the random
-    transform, which the labels then follow exactly.
+    transform, which the labels then follow exactly. None for other warps, and for shrinking so far that the box
+    would be over twice the size of both input and output (a mostly grey box, cheaper to warp directly).
     """
     matrix = matrix / matrix[2, 2]
     if matrix[0, 1] or matrix[1, 0] or matrix[2, 0] or matrix[2, 1] or matrix[0, 0] <= 0 or matrix[1, 1] <= 0:
         return None
     height, width = out_shape
     span_x, span_y = max(1, round(width / matrix[0, 0])), max(1, round(height / matrix[1, 1]))
+    if span_x > 2 * max(width, image_shape[1]) or span_y > 2 * max(height, image_shape[0]):
+        return None
     x0, y0 = round(-matrix[0, 2] / matrix[0, 0]), round(-matrix[1, 2] / matrix[1, 1])
     scale_x, scale_y = width / span_x, height / span_y
     aligned = np.array([[scale_x, 0, -x0 * scale_x], [0, scale_y, -y0 * scale_y], [0, 0, 1]])
@@ -144,7 +147,7 @@ def warp(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]) -> t
 
     A scale-and-shift warp is snapped to whole input pixels (see aligned_matrix) and done as a resize.
     """
-    aligned = aligned_matrix(matrix, out_shape)
+    aligned = aligned_matrix(matrix, out_shape, image.shape[:2])
     if aligned is None:
         return np.asarray(warp_image(Image.fromarray(image), matrix, out_shape)), matrix
     matrix, box = aligned

@@ -248,7 +248,7 @@ class YoloDataset(Dataset):
         out_shape = (2 * s + 2 * self.mosaic_border[0], 2 * s + 2 * self.mosaic_border[1])
         # the draws random_perspective would make, in its order
         matrix, scale = perspective_matrix(rng, (2 * s, 2 * s), out_shape, **geometry)
-        aligned = aligned_matrix(matrix, out_shape)
+        aligned = aligned_matrix(matrix, out_shape, (2 * s, 2 * s))
         if aligned is not None:  # scale and shift (YOLOv5's hyps): a resize of the part of the canvas in view
             matrix, region = aligned
             image = resize(self._assemble(tiles, region), out_shape[1], out_shape[0], antialias=False)
