@@ -39,6 +39,16 @@ Half = Annotated[bool, typer.Option("--half", help="FP16 (CUDA)")]
 RunFolder = Annotated[str, typer.Option(help="save to PROJECT/NAME")]
 ExistOk = Annotated[bool, typer.Option("--exist-ok", help="reuse an existing PROJECT/NAME")]
 Device = Annotated[str, typer.Option(help="cpu, or a CUDA index like 0")]
+DataYaml = Annotated[str, typer.Option(help="dataset yaml path, shipped name (coco128), or 'demo'")]
+# training flags that train and evolve share
+ModelCfg = Annotated[str, typer.Option(help="model yaml or name (default: the weights' own, else yolov5n)")]
+Rect = Annotated[bool, typer.Option("--rect", help="rectangular training batches")]
+Cache = Annotated[str | None, typer.Option(help="cache images in ram (bare --cache) or disk")]
+ImageWeights = Annotated[bool, typer.Option("--image-weights", help="weighted image selection")]
+MultiScale = Annotated[bool, typer.Option("--multi-scale", help="vary image size +/- 50%%")]
+SingleCls = Annotated[bool, typer.Option("--single-cls", help="train as single-class")]
+Optimizer = Annotated[str, typer.Option(help="SGD, Adam or AdamW")]
+CosLr = Annotated[bool, typer.Option("--cos-lr", help="cosine LR schedule")]
 
 
 def setup_logging() -> None:
@@ -58,8 +68,8 @@ def parse_freeze(text: str) -> tuple[int, ...]:
 
 @app.command()
 def train(
-    data: Annotated[str, typer.Option(help="dataset yaml path, shipped name (coco128), or 'demo'")] = "demo",
-    cfg: Annotated[str, typer.Option(help="model yaml or name (default: the weights' own, else yolov5n)")] = "",
+    data: DataYaml = "demo",
+    cfg: ModelCfg = "",
     weights: Annotated[str, typer.Option(help="initial weights: .safetensors or an Ultralytics .pt")] = "",
     hyp: Annotated[str, typer.Option(help="hyperparameters: scratch-low|med|high or a yaml path")] = "scratch-low",
     epochs: Annotated[int | None, typer.Option(help="total epochs [default: 100; 50 on the demo data]")] = None,
@@ -67,24 +77,24 @@ def train(
                                             help="total batch over all processes; -1 AutoBatch (CUDA)")] = 16,
     imgsz: Annotated[int | None, typer.Option("--imgsz", "--img", "--img-size",
                                               help="train/val image size [default: 640; 128 on the demo data]")] = None,
-    rect: Annotated[bool, typer.Option("--rect", help="rectangular training batches")] = False,
+    rect: Rect = False,
     resume: Annotated[str | None, typer.Option(help="resume the latest run (bare --resume), or the run at PATH")
                       ] = None,
     nosave: Annotated[bool, typer.Option("--nosave", help="only save final weights")] = False,
     noval: Annotated[bool, typer.Option("--noval", help="only validate the final epoch")] = False,
     noautoanchor: Annotated[bool, typer.Option("--noautoanchor", help="disable AutoAnchor")] = False,
     noplots: Annotated[bool, typer.Option("--noplots", help="save no plot files")] = False,
-    cache: Annotated[str | None, typer.Option(help="cache images in ram (bare --cache) or disk")] = None,
-    image_weights: Annotated[bool, typer.Option("--image-weights", help="weighted image selection")] = False,
-    multi_scale: Annotated[bool, typer.Option("--multi-scale", help="vary image size +/- 50%%")] = False,
-    single_cls: Annotated[bool, typer.Option("--single-cls", help="train as single-class")] = False,
-    optimizer: Annotated[str, typer.Option(help="SGD, Adam or AdamW")] = "SGD",
+    cache: Cache = None,
+    image_weights: ImageWeights = False,
+    multi_scale: MultiScale = False,
+    single_cls: SingleCls = False,
+    optimizer: Optimizer = "SGD",
     sync_bn: Annotated[bool, typer.Option("--sync-bn", help="SyncBatchNorm across processes")] = False,
     workers: Annotated[int, typer.Option(help="max dataloader workers per process")] = 8,
-    project: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "runs/train",
+    project: RunFolder = "runs/train",
     name: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "exp",
-    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="reuse an existing PROJECT/NAME")] = False,
-    cos_lr: Annotated[bool, typer.Option("--cos-lr", help="cosine LR schedule")] = False,
+    exist_ok: ExistOk = False,
+    cos_lr: CosLr = False,
     label_smoothing: Annotated[float, typer.Option(help="label smoothing epsilon")] = 0.0,
     patience: Annotated[int, typer.Option(help="early stopping patience (epochs without improvement)")] = 100,
     freeze: Annotated[str, typer.Option(help="freeze the first N layers (10 = backbone) or layers 0,1,2")] = "0",
@@ -132,7 +142,7 @@ def train(
 
 @app.command()
 def val(
-    data: Annotated[str, typer.Option(help="dataset yaml path, shipped name, or 'demo'")] = "demo",
+    data: DataYaml = "demo",
     weights: Annotated[list[str] | None, typer.Option(help="weights file(s): .safetensors or Ultralytics .pt; "
                                                            "repeat the flag for several")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "--batch", help="total over all processes")] = 32,
@@ -245,8 +255,8 @@ def export(
 
 @app.command()
 def evolve(
-    data: Annotated[str, typer.Option(help="dataset yaml path, shipped name, or 'demo'")] = "demo",
-    cfg: Annotated[str, typer.Option(help="model yaml or name (default: the weights' own, else yolov5n)")] = "",
+    data: DataYaml = "demo",
+    cfg: ModelCfg = "",
     weights: Annotated[str, typer.Option(help="initial weights for every candidate")] = "",
     hyp: Annotated[str, typer.Option(help="starting hyperparameters (scratch-low|med|high or a yaml)")] = "scratch-low",
     epochs: Annotated[int | None, typer.Option(help="epochs per candidate [default: as train]")] = None,
@@ -255,19 +265,19 @@ def evolve(
     batch_size: Annotated[int, typer.Option("--batch-size", "--batch", help="batch size per candidate")] = 16,
     imgsz: Annotated[int | None, typer.Option("--imgsz", "--img", "--img-size", help="image size")] = None,
     noautoanchor: Annotated[bool, typer.Option("--noautoanchor", help="no AutoAnchor (anchors not evolved)")] = False,
-    single_cls: Annotated[bool, typer.Option("--single-cls", help="train as single-class")] = False,
-    optimizer: Annotated[str, typer.Option(help="SGD, Adam or AdamW")] = "SGD",
-    cache: Annotated[str | None, typer.Option(help="cache images in ram (bare --cache) or disk")] = None,
-    rect: Annotated[bool, typer.Option("--rect", help="rectangular training batches")] = False,
-    image_weights: Annotated[bool, typer.Option("--image-weights", help="weighted image selection")] = False,
-    multi_scale: Annotated[bool, typer.Option("--multi-scale", help="vary image size +/- 50%%")] = False,
-    cos_lr: Annotated[bool, typer.Option("--cos-lr", help="cosine LR schedule")] = False,
+    single_cls: SingleCls = False,
+    optimizer: Optimizer = "SGD",
+    cache: Cache = None,
+    rect: Rect = False,
+    image_weights: ImageWeights = False,
+    multi_scale: MultiScale = False,
+    cos_lr: CosLr = False,
     workers: Annotated[int, typer.Option(help="max dataloader workers per candidate")] = 8,
     seed: Annotated[int, typer.Option(help="training seed of every candidate")] = 0,
-    project: Annotated[str, typer.Option(help="save to PROJECT/NAME")] = "runs/evolve",
+    project: RunFolder = "runs/evolve",
     name: Annotated[str, typer.Option(help="save to PROJECT/NAME (re-running continues the latest)")] = "exp",
     resume: Annotated[str | None, typer.Option(help="continue the evolve folder at PATH")] = None,
-    device: Annotated[str, typer.Option(help="cpu, or a CUDA index like 0")] = "",
+    device: Device = "",
 ) -> None:
     """Evolve hyperparameters with YOLOv5's genetic search; workers share evolve.csv through a file lock."""
     setup_logging()
