@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .boxes import xyxy_to_xywh
+from .boxes import xyxy_to_xywhn
 from .checkpoint import load_model
 from .config import ConfigError
 from .data.augment import letterbox
-from .data.labels import load_image_file
+from .data.labels import load_image_file, open_image_file
 from .data.sources import IMAGE_FORMATS, expand_entry, only_images
 from .files import increment_path
 from .model.yolo import DetectionModel
@@ -27,13 +27,15 @@ LOGGER = logging.getLogger("yolo_accel")
 
 @dataclass
 class Detections:
-    """Detections in one image, in its original pixels: boxes_xyxy (n, 4), scores (n,), classes (n,)."""
+    """Detections in one image, in its original pixels: boxes_xyxy (n, 4), scores (n,), classes (n,); the image's
+    (height, width), upright."""
 
     path: Path
     boxes_xyxy: torch.Tensor
     scores: torch.Tensor
     classes: torch.Tensor
     names: list[str]
+    shape: tuple[int, int] = (0, 0)
 
     def summary(self) -> str:
         counts = torch.bincount(self.classes.long(), minlength=len(self.names)).tolist() if len(self.classes) else []
@@ -55,11 +57,10 @@ def list_sources(source: str | Path) -> list[Path]:
 def label_rows(boxes_xyxy: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, width: int, height: int,
                save_conf: bool) -> str:
     """A YOLO label file's text: `class x y w h [conf]` per box, normalised to the image size."""
-    gain = torch.tensor([width, height, width, height], dtype=torch.float32)
+    xywhn = xyxy_to_xywhn(boxes_xyxy.float(), width, height).tolist()
     rows = []
-    for box, score, cls in zip(boxes_xyxy.float(), scores.tolist(), classes.int().tolist()):
-        xywhn = (xyxy_to_xywh(box) / gain).tolist()
-        values = [cls, *xywhn, score] if save_conf else [cls, *xywhn]
+    for box, score, cls in zip(xywhn, scores.tolist(), classes.int().tolist()):
+        values = [cls, *box, score] if save_conf else [cls, *box]
         rows.append(("%g " * len(values)).rstrip() % tuple(values) + "\n")
     return "".join(rows)
 
@@ -119,7 +120,8 @@ def predict(model: DetectionModel, paths: list[Path], imgsz: int = 640, conf_thr
         for path, shape, (ratio, pad), det in zip(chunk, originals, pads, keep):
             det = det.clone()
             scale_boxes(images.shape[2:], det[:, :4], shape, ((ratio[1], ratio[0]), pad))
-            results.append(Detections(path, det[:, :4].cpu(), det[:, 4].cpu(), det[:, 5].cpu(), names))
+            results.append(Detections(path, det[:, :4].cpu(), det[:, 4].cpu(), det[:, 5].cpu(), names,
+                                      (int(shape[0]), int(shape[1]))))
     return results
 
 
@@ -137,8 +139,9 @@ def detect(source: str, weights: str, imgsz: int = 640, conf_thres: float = 0.25
     results = predict(model, paths, imgsz, conf_thres, iou_thres, max_det, classes, agnostic_nms, batch_size, half)
     per_image_ms = (time.perf_counter() - start) / len(paths) * 1e3
     for i, det in enumerate(results, 1):
-        image = Image.fromarray(load_image_file(det.path))  # upright RGB, as the model saw it
-        width, height = image.size
+        height, width = det.shape
+        # upright RGB, as the model saw it; decoded again only for what draws on it
+        image = open_image_file(det.path) if save_crop or not nosave else None
         LOGGER.info(f"image {i}/{len(results)} {det.path}: {height}x{width} {det.summary()}")
         if save_txt:
             (save_dir / "labels").mkdir(exist_ok=True)

@@ -38,7 +38,7 @@ def save_predictions(result: EvalResult, dataset: YoloDataset, save_dir: Path, s
                 label_rows(boxes[:, :4], boxes[:, 4], boxes[:, 5], width, height, save_conf))
         if save_json:
             image_id = int(path.stem) if path.stem.isnumeric() else path.stem
-            xywh = xyxy_to_xywh(boxes[:, :4].clone())
+            xywh = xyxy_to_xywh(boxes[:, :4])
             xywh[:, :2] -= xywh[:, 2:] / 2  # COCO boxes are top-left corner + size
             for box, conf, cls in zip(xywh.tolist(), boxes[:, 4].tolist(), boxes[:, 5].tolist()):
                 detections_json.append({"image_id": image_id, "category_id": int(cls),
