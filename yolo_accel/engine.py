@@ -6,6 +6,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -156,10 +157,10 @@ def format_results(result: EvalResult, names: list[str], verbose: bool = False) 
     if result.instances == 0:
         lines.append("WARNING ⚠️ no labels found in the validation set, can not compute metrics without labels")
     if verbose and len(names) > 1:
+        images_with_class = Counter(c for r in result.predictions for c in set(r.labels[:, 0].int().tolist()))
         for i, c in enumerate(m.classes):
-            images_with_class = sum(bool((r.labels[:, 0] == c).any()) for r in result.predictions)
-            lines.append(row % (names[c], images_with_class, m.targets_per_class[c], m.precision[i], m.recall[i],
-                                m.ap50[i], m.ap[i]))
+            lines.append(row % (names[c], images_with_class[int(c)], m.targets_per_class[c], m.precision[i],
+                                m.recall[i], m.ap50[i], m.ap[i]))
     return lines
 
 
