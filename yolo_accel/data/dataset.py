@@ -32,7 +32,7 @@ from .augment import (
     warp_image,
     warp_labels,
 )
-from .labels import LabelIndex, load_image_file, open_image_file
+from .labels import LabelIndex, load_image_file
 
 LOGGER = logging.getLogger("yolo_accel")
 Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]] | None
@@ -128,7 +128,7 @@ class YoloDataset(Dataset):
         if self.npy_dir is not None:
             image = np.load(self._npy_path(i), allow_pickle=False)
         else:
-            image = np.asarray(open_image_file(self.files[i], restore=bool(self.restore[i]), max_side=self.imgsz))
+            image = load_image_file(self.files[i], restore=bool(self.restore[i]), max_side=self.imgsz)
         return resize(image, w, h), (h0, w0), (h, w)
 
     def _cache_ram(self) -> None:
