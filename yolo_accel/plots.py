@@ -137,6 +137,7 @@ def plot_images(images: torch.Tensor, targets: torch.Tensor, paths: Sequence[str
     (N, 7) with a trailing confidence; boxes normalised to 0-1 or, as YOLOv5's output_to_target, in pixels.
     Labels are tagged "name", predictions "name conf" and only drawn above MIN_TAG_CONF.
     """
+    images = images[:max_subplots]  # before any copy: a validation batch can be large
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().float().numpy()
     images = np.asarray(images, dtype=float)
