@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source checkout without installing
 
-from yolo_accel.config import read_yaml, resolve_config
+from yolo_accel.config import load_hyp
 from yolo_accel.data.dataset import YoloDataset
 from yolo_accel.data.labels import scan_labels
 from yolo_accel.data.loader import build_dataloader
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    hyp = read_yaml(resolve_config(args.hyp, "hyps"))
+    hyp = load_hyp(args.hyp)
     data = load_data_config(args.data)
     index = scan_labels(list_images(data, "train"), verbose=False)
     dataset = YoloDataset(index, imgsz=args.img, batch_size=args.batch_size, augment=True, hyp=hyp, cache=None,
