@@ -126,3 +126,26 @@ def test_a_plain_state_dict_is_not_a_yolov5_checkpoint(tmp_path):
 def test_load_model_accepts_ultralytics_pt():
     model = load_model(REFERENCE / "tiny_ultralytics.pt")
     assert model.names == ["red", "green", "blue"] and model.nc == 3
+
+
+def test_class_names_must_fit_the_model(tiny, tmp_path):
+    path = save_weights(tiny, tmp_path / "w.safetensors", names=["a", "b"])
+    with pytest.raises(WeightsError, match="2 class names for a model with nc=3"):
+        load_model(path)
+    path = save_weights(tiny, tmp_path / "w.safetensors", names=["a", "b", "c"], extra={"names": '{"0": 1}'})
+    with pytest.raises(WeightsError, match="must be a list of strings"):
+        load_model(path)
+    path = save_weights(tiny, tmp_path / "w.safetensors", extra={"names": "[not json"})
+    with pytest.raises(WeightsError, match="'names' is not valid JSON"):
+        load_model(path)
+
+
+def test_safe_filename():
+    from yolo_accel.files import safe_filename
+
+    assert safe_filename("person", "class0") == "person"
+    assert safe_filename("../../x", "c") == ".._.._x"
+    assert safe_filename("..", "c") == safe_filename("", "c") == safe_filename(" . ", "c") == "c"
+    assert safe_filename("a/b\\c:d", "c") == "a_b_c_d"
+    assert safe_filename("行人", "c") == "行人"
+    assert len(safe_filename("é" * 200, "c").encode()) <= 120

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from yolo_accel import YOLO
 from yolo_accel.boxes import box_iou, xywh_to_xyxy
+from yolo_accel.checkpoint import load_model, save_weights
 from yolo_accel.cli import app
 from yolo_accel.config import ConfigError
 from yolo_accel.data.demo import write_demo_dataset
@@ -61,6 +62,22 @@ def test_detect_saves_images_labels_and_crops(demo_root, tmp_path):
     rows = [r.split() for f in (run / "labels").glob("*.txt") for r in f.read_text().splitlines()]
     assert rows and all(len(r) == 6 for r in rows)
     assert list((run / "crops").rglob("*.jpg"))
+
+
+def test_class_names_from_weights_never_leave_the_run_folder(demo_root, tmp_path):
+    hostile = ["../../escaped", "/tmp/abs", "..", "a\\..\\b", "nul\x00byte", "x" * 400]
+    weights = save_weights(load_model(WEIGHTS), tmp_path / "hostile.safetensors", names=hostile)
+    project = tmp_path / "deep" / "project"
+    result = CliRunner().invoke(app, ["detect", "--source", str(demo_root / "images" / "val"), "--weights",
+                                      str(weights), "--img", "128", "--project", str(project), "--save-crop",
+                                      "--nosave"])
+    assert result.exit_code == 0, result.output
+    crops = project / "exp" / "crops"
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != weights]
+    assert written and all(p.resolve().is_relative_to(crops.resolve()) for p in written)
+    folders = {p.parent.name for p in written}
+    assert all(p.parent.parent == crops for p in written) and len(folders) > 1
+    assert all(len(name.encode()) <= 120 and "/" not in name and "\x00" not in name for name in folders)
 
 
 def test_detect_filters_classes(demo_root):

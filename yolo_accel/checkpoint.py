@@ -81,6 +81,24 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tenso
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
+def check_names(names: Any, nc: int, source: str) -> list[str]:
+    """Class names from a file, as a list of nc strings (indices when the file has none); WeightsError otherwise."""
+    if names is None:
+        return [str(i) for i in range(nc)]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise WeightsError(f"{source}: class names must be a list of strings, got {type(names).__name__}")
+    if len(names) != nc:
+        raise WeightsError(f"{source}: {len(names)} class names for a model with nc={nc}")
+    return names
+
+
+def _json_field(metadata: dict[str, str], key: str, source: str) -> Any:
+    try:
+        return json.loads(metadata.get(key, "null"))
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{source}: header field '{key}' is not valid JSON ({err})") from None
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> DetectionModel:
     """Rebuild a model from a .safetensors file written by save_weights, or import an Ultralytics .pt."""
     path = Path(path)
@@ -91,9 +109,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Detectio
         model.names = names
         return model.to(device)
     state, metadata = read_weights(path)
-    model = DetectionModel(json.loads(metadata["model_yaml"]), source=str(path))
+    model = DetectionModel(_json_field(metadata, "model_yaml", str(path)), source=str(path))
     load_state_dict_checked(model, state, str(path))
-    model.names = json.loads(metadata.get("names", "null")) or model.names
+    model.names = check_names(_json_field(metadata, "names", str(path)), model.nc, str(path))
     return model.to(device)
 
 
@@ -106,7 +124,9 @@ def read_any_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         model, names, _ = import_ultralytics(path)
         return model.state_dict(), model.yaml, names
     state, metadata = read_weights(path)
-    return state, json.loads(metadata["model_yaml"]), json.loads(metadata.get("names", "null"))
+    model_yaml = _json_field(metadata, "model_yaml", str(path))
+    names = _json_field(metadata, "names", str(path))
+    return state, model_yaml, None if names is None else check_names(names, len(names), str(path))
 
 
 def transfer_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], exclude: tuple[str, ...] = ()) -> int:

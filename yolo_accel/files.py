@@ -38,6 +38,28 @@ def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = False
     return path
 
 
+# path separators, NUL and other control characters, and what Windows refuses in a file name
+_UNSAFE_IN_NAME = re.compile(r'[\x00-\x1f\x7f/\\<>:"|?*]')
+_MAX_NAME_BYTES = 120
+
+
+def safe_filename(name: object, fallback: str) -> str:
+    """`name` as one path component that stays where it is put: separators and control characters become `_`,
+    it is cut to 120 bytes, and "", "." or ".." (and names of dots alone) become `fallback`. For text that comes from
+    files (class names in weights or data yamls), never trusted to name a folder as it is."""
+    text = _UNSAFE_IN_NAME.sub("_", str(name)).strip()
+    text = text.encode()[:_MAX_NAME_BYTES].decode(errors="ignore").rstrip(" .")
+    return text if text.strip(".") else fallback
+
+
+def child_path(parent: Path, name: object, fallback: str) -> Path:
+    """parent / safe_filename(name), checked to resolve inside `parent` (symlinks included)."""
+    path = parent / safe_filename(name, fallback)
+    if not path.resolve().is_relative_to(parent.resolve()):
+        raise ValueError(f"{path}: resolves outside {parent}")
+    return path
+
+
 CACHE_ENV = "YOLO_ACCEL_CACHE"
 
 

@@ -18,7 +18,7 @@ from .config import ConfigError
 from .data.augment import letterbox
 from .data.labels import load_image_file, open_image_file
 from .data.sources import IMAGE_FORMATS, expand_entry, only_images
-from .files import increment_path
+from .files import child_path, increment_path
 from .model.yolo import DetectionModel
 from .nms import non_max_suppression, scale_boxes
 
@@ -149,7 +149,8 @@ def detect(source: str, weights: str, imgsz: int = 640, conf_thres: float = 0.25
                 label_rows(det.boxes_xyxy, det.scores, det.classes, width, height, save_conf))
         if save_crop:
             for j, (box, cls) in enumerate(zip(det.boxes_xyxy.tolist(), det.classes.int().tolist())):
-                folder = save_dir / "crops" / det.names[cls]
+                # class names come from the weights file: never a path as they stand
+                folder = child_path(save_dir / "crops", det.names[cls], fallback=f"class{cls}")
                 folder.mkdir(parents=True, exist_ok=True)
                 image.crop(tuple(round(v) for v in box)).save(folder / f"{det.path.stem}_{j}.jpg")
         if not nosave:

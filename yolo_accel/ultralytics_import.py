@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import WeightsError, load_state_dict_checked
+from .checkpoint import WeightsError, check_names, load_state_dict_checked
 from .model.yolo import DetectionModel
 
 STAND_IN_PREFIXES = ("models.", "yolov5.models.", "torch.nn.modules.")
@@ -144,8 +144,10 @@ def import_ultralytics(path: str | Path) -> tuple[DetectionModel, list[str], dic
     load_state_dict_checked(model, state, str(path))
     names = getattr(source, "names", None)
     if isinstance(names, dict):
-        names = [names[i] for i in sorted(names)]
-    names = [str(n) for n in names] if isinstance(names, (list, tuple)) else model.names
+        if any(type(k) is not int for k in names) or set(names) != set(range(len(names))):
+            raise WeightsError(f"{path}: class names are a dict whose keys are not 0..{len(names) - 1}")
+        names = [names[i] for i in range(len(names))]
+    names = check_names([str(n) for n in names] if isinstance(names, (list, tuple)) else None, model.nc, str(path))
     epoch = ckpt.get("epoch")
     info = {"source": Path(path).name, "epoch": epoch if isinstance(epoch, int) else None,
             "weights": "ema" if source is ckpt.get("ema") else "model"}
