@@ -18,17 +18,20 @@ TABLE = json.loads((REFERENCE / "models.json").read_text())
 VARIANTS = list(TABLE)
 
 
-def assert_outputs_match(model: torch.nn.Module, expected: dict[str, torch.Tensor], atol: float = 1e-4) -> None:
+def assert_outputs_match(model: torch.nn.Module, expected: dict[str, torch.Tensor], atol: float = 5e-3) -> None:
+    """Equal to float32 rounding. The convolution algorithms torch picks differ between CPUs, rounding accumulates
+    over a few hundred layers (yolov5x: up to 4e-3 px on boxes of hundreds of pixels, against the fixtures made on
+    another CPU), and any real difference of architecture or weights shows up as whole pixels."""
     images = expected["images"]
     with torch.no_grad():
         train_maps = __import__("copy").deepcopy(model).train()(images)
         for i, level in enumerate(train_maps):
-            torch.testing.assert_close(level, expected[f"train.{i}"], atol=atol, rtol=0)
+            torch.testing.assert_close(level, expected[f"train.{i}"], atol=atol, rtol=1e-4)
         assert f"train.{len(train_maps)}" not in expected
         model.eval()
-        torch.testing.assert_close(model(images[:1]), expected["eval"], atol=atol, rtol=0)
+        torch.testing.assert_close(model(images[:1]), expected["eval"], atol=atol, rtol=1e-4)
         model.fuse()
-        torch.testing.assert_close(model(images[:1]), expected["eval_fused"], atol=atol, rtol=0)
+        torch.testing.assert_close(model(images[:1]), expected["eval_fused"], atol=atol, rtol=1e-4)
 
 
 def test_all_shipped_variants_have_fixtures():
