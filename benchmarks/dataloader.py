@@ -55,12 +55,12 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     while seen < args.warmup + args.batches:
         loader.batch_sampler.sampler.set_epoch(epoch)
-        for batch_images, _targets, _paths, _shapes in loader:
+        for batch in loader:
             seen += 1
             if seen == args.warmup:
                 start = time.perf_counter()
             elif seen > args.warmup:
-                images += len(batch_images)
+                images += len(batch.images)
             if seen % 5 == 0 or seen == args.warmup + args.batches:
                 print(f"batch {seen}/{args.warmup + args.batches} (epoch {epoch})", file=sys.stderr)
             if seen == args.warmup + args.batches:

@@ -24,6 +24,7 @@ import torch
 from yolo_accel import engine
 from yolo_accel import train as train_module
 from yolo_accel.config import TrainConfig
+from yolo_accel.data.batch_augment import apply_hsv_batch
 
 
 def parse() -> argparse.Namespace:
@@ -96,8 +97,11 @@ def measure_ceiling(parts, loader, batches: int) -> float:
     device = parts.accelerator.device
     loader.set_epoch(0)
     stored = []
-    for i, (images, targets, _, _) in enumerate(loader):
-        stored.append((images.to(device), targets.to(device)))
+    for i, (images, targets, _, _, hsv_gains) in enumerate(loader):
+        images = images.to(device)
+        if hsv_gains is not None:
+            images = apply_hsv_batch(images, hsv_gains)
+        stored.append((images, targets.to(device)))
         if i + 1 == batches:
             break
     model, optimizer, criterion, accelerator = parts.model, parts.optimizer, parts.criterion, parts.accelerator

@@ -17,7 +17,8 @@ from yolo_accel.boxes import xywhn_to_xyxy
 from yolo_accel.config import ConfigError
 from yolo_accel.data.augment import aligned_matrix, perspective_matrix, random_perspective
 from yolo_accel.data.dataset import YoloDataset, check_labels
-from yolo_accel.data.labels import load_image_file, scan_labels
+from yolo_accel.data.images import read_image
+from yolo_accel.data.labels import scan_labels
 from yolo_accel.data.loader import build_dataloader
 from yolo_accel.data.sources import DataError, label_path, list_images, load_data_config
 
@@ -168,7 +169,7 @@ def test_bad_inputs_are_reported_per_file_and_skipped(dataset_root, caplog):
     assert len(index.labels[names["dup.png"]]) == 1
     np.testing.assert_allclose(index.labels[names["poly.png"]], [[1, 0.3, 0.2, 0.4, 0.2]], atol=1e-6)
     assert len(index.segments[names["poly.png"]]) == 1
-    restored = load_image_file(index.images[names["trunc.jpg"]], restore=True)
+    restored = read_image(index.images[names["trunc.jpg"]], restore=True)
     assert restored.shape == (64, 64, 3)
     after = snapshot(dataset_root)
     assert {p for p in after if p not in before} == {dataset_root / "labels" / "train.yolo-accel.cache"}
@@ -242,15 +243,15 @@ def test_exif_orientation_and_modes_are_handled(tmp_path):
     exif = pil.getexif()
     exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
     pil.save(tmp_path / "rot.jpg", exif=exif, quality=100)
-    loaded = load_image_file(tmp_path / "rot.jpg")
+    loaded = read_image(tmp_path / "rot.jpg")
     assert loaded.shape == (40, 20, 3) and loaded[:10].mean() > 200 and loaded[30:].mean() < 50
 
     Image.fromarray(np.full((12, 12), 7, np.uint8), "L").save(tmp_path / "grey.png")
     Image.new("RGBA", (12, 12), (1, 2, 3, 0)).save(tmp_path / "alpha.png")
     Image.fromarray(np.full((12, 12), 65535, np.uint16)).save(tmp_path / "deep.png")
-    assert load_image_file(tmp_path / "grey.png")[0, 0].tolist() == [7, 7, 7]
-    assert load_image_file(tmp_path / "alpha.png")[0, 0].tolist() == [1, 2, 3]
-    assert load_image_file(tmp_path / "deep.png")[0, 0].tolist() == [255, 255, 255]
+    assert read_image(tmp_path / "grey.png")[0, 0].tolist() == [7, 7, 7]
+    assert read_image(tmp_path / "alpha.png")[0, 0].tolist() == [1, 2, 3]
+    assert read_image(tmp_path / "deep.png")[0, 0].tolist() == [255, 255, 255]
 
 
 def white_fraction(image, box):
@@ -269,8 +270,8 @@ def test_mosaic_boxes_follow_the_pixels(dataset_root):
     seen = 0
     for epoch in range(3):
         for i in range(len(dataset)):
-            image, labels, _, shapes = dataset[(epoch, i)]
-            assert image.dtype == torch.uint8 and image.shape == (3, 128, 128) and shapes is None
+            image, labels, _, shapes, gains = dataset[(epoch, i)]
+            assert image.dtype == torch.uint8 and image.shape == (3, 128, 128) and shapes is None and gains is None
             for box in labels[:, 2:].tolist():
                 if box[2] * 128 > 6 and box[3] * 128 > 6:
                     assert white_fraction(image.numpy(), box) > 0.9
@@ -281,7 +282,8 @@ def test_mosaic_boxes_follow_the_pixels(dataset_root):
 def full_canvas_mosaic(dataset, index, rng):
     """The mosaic by definition: four images on the whole 2s x 2s grey canvas, then random_perspective.
 
-    Returns its image, the same canvas warped by Pillow's generic transform, and its labels.
+    Returns its image, the same canvas warped by Pillow's generic transform (edges blended with the grey), and its
+    labels.
     """
     s = dataset.imgsz
     yc, xc = (int(rng.uniform(-b, 2 * s + b)) for b in dataset.mosaic_border)
@@ -317,14 +319,15 @@ def full_canvas_mosaic(dataset, index, rng):
     if aligned:  # the warp random_perspective applies: a resize, whose edge pixels blend with the grey around
         matrix = aligned[0]
     image, labels = random_perspective(canvas, labels, rng=rng, border=dataset.mosaic_border, **geometry)
-    return image, generic_warp(canvas, matrix, (s, s), pad=2 if aligned else 0), labels
+    return image, generic_warp(canvas, matrix, (s, s), pad=2), labels
 
 
-# tolerance against Pillow's generic transform: a resize rounds after each of its two passes where the transform
-# truncates once, and the outermost ring of a resize repeats its box's edge; rotations use the transform itself
+# tolerance against Pillow's generic transform (with the image's edges blended into the grey around it, as OpenCV
+# does): OpenCV interpolates in fixed point, a resize in two rounded passes, and the outermost ring of a resize
+# repeats its box's edge
 @pytest.mark.parametrize("imgsz,geometry,cache,tolerance", [
     (64, {}, None, 2),  # images used at their size: what cropping the canvas changes
-    (64, dict(degrees=20, shear=5), None, 0),
+    (64, dict(degrees=20, shear=5), None, 1),
     (64, dict(scale=0.9), None, 2),  # scratch-high's range: far shrinks take the generic warp
     (96, {}, "ram", 2),
     (96, {}, None, 2),  # images resized
@@ -352,7 +355,8 @@ def test_mosaic_of_the_sampled_region_equals_the_full_canvas(tmp_path, imgsz, ge
         expected, generic, expected_labels = full_canvas_mosaic(dataset, index, np.random.default_rng(seed))
         decoded.clear()
         assert np.array_equal(labels, expected_labels)
-        assert np.array_equal(image, expected)
+        # a resize of the region is exact; OpenCV's generic warp rounds sub-pixel positions per region origin
+        assert np.abs(image.astype(int) - expected).max() <= (1 if geometry else 0)
         assert np.abs(image.astype(int) - generic)[1:-1, 1:-1].max() <= tolerance
     assert cache or mosaic_decodes < 4 * 40  # images the warp cannot see are not decoded
 
@@ -361,7 +365,8 @@ def test_val_letterbox_boxes_map_back_to_the_original(dataset_root):
     cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", val="images/val",
                                       names=["a"]))
     dataset = YoloDataset(scan_labels(list_images(cfg, "val")), imgsz=96, rect=True, batch_size=2)
-    image, labels, _, ((_h0, _w0), ((_gain_h, gain_w), (pad_x, _pad_y))) = dataset[0]
+    image, labels, _, ((_h0, _w0), ((_gain_h, gain_w), (pad_x, _pad_y))), gains = dataset[0]
+    assert gains is None
     assert image.shape == (3, 96, 128 * 96 // 128) or image.shape[1] % 32 == 0
     for box in labels[:, 2:].tolist():
         assert white_fraction(image.numpy(), box) > 0.9
@@ -395,7 +400,7 @@ def test_workers_kept_across_epochs_follow_set_epoch(dataset_root):
         out = []
         for epoch in range(2):
             loader.batch_sampler.sampler.set_epoch(epoch)
-            out.append([(images, targets) for images, targets, _, _ in loader])
+            out.append([(batch.images, batch.targets) for batch in loader])
         return out
 
     kept, single = epochs(2), epochs(0)
@@ -412,6 +417,6 @@ def test_ram_and_disk_caches_give_the_same_images(dataset_root, tmp_path, monkey
     plain = YoloDataset(index, imgsz=64)
     ram = YoloDataset(index, imgsz=64, cache="ram")
     disk = YoloDataset(index, imgsz=64, cache="disk")
-    assert list((tmp_path / "cache" / "images").glob("*.npy"))
+    assert list((tmp_path / "cache" / "images").rglob("*.npy"))
     for i in range(len(plain)):
         assert torch.equal(plain[i][0], ram[i][0]) and torch.equal(plain[i][0], disk[i][0])

@@ -21,6 +21,7 @@ from accelerate.utils import gather_object
 from torch import nn
 
 from .boxes import xywh_to_xyxy
+from .data.batch_augment import apply_hsv_batch
 from .ema import ModelEMA
 from .metrics import ConfusionMatrix, DetectionMetrics, DetectionStats, coco_iou_thresholds
 from .nms import non_max_suppression, scale_boxes
@@ -90,7 +91,7 @@ def evaluate(model: nn.Module, batches: Iterable, indices: list[int], accelerato
     position = 0
     enabled = show_progress and accelerator.is_main_process
     with Progress(len(indices), f"{description:>22}", enabled=enabled) as bar:
-        for images, targets, paths, shapes in batches:
+        for images, targets, paths, shapes, _ in batches:
             start = time.perf_counter()
             images = images.to(device, non_blocking=True).float() / 255
             targets = targets.to(device)
@@ -222,11 +223,14 @@ def train_one_epoch(parts: TrainParts, loader: Iterable, state: LoopState, epoch
     bar = Progress(parts.batches_per_epoch, "", enabled=accelerator.is_main_process and show_progress)
     bar.count = state.batch
     mean_loss = torch.tensor(state.mean_loss, device=device)
-    for images, targets, paths, _ in loader:
+    for images, targets, paths, _, hsv_gains in loader:
         step = state.step
         parts.warmup.apply(optimizer, step, epoch_factor)
         accumulate = parts.warmup.accumulate(step)
-        images = (images.to(device, non_blocking=True).float() / 255).contiguous(memory_format=torch.channels_last)
+        images = images.to(device, non_blocking=True)
+        if hsv_gains is not None:  # the colour augmentation left to the device (see YoloDataset.hsv_on_device)
+            images = apply_hsv_batch(images, hsv_gains)
+        images = (images.float() / 255).contiguous(memory_format=torch.channels_last)
         if parts.multi_scale:
             size = parts.rng.randrange(int(parts.imgsz * 0.5), int(parts.imgsz * 1.5) + parts.grid_stride)
             size = size // parts.grid_stride * parts.grid_stride

@@ -16,7 +16,7 @@ from .boxes import xyxy_to_xywhn
 from .checkpoint import load_model
 from .config import ConfigError
 from .data.augment import letterbox
-from .data.labels import load_image_file, open_image_file
+from .data.images import open_image, read_for_size
 from .data.sources import IMAGE_FORMATS, expand_entry, only_images
 from .files import child_path, increment_path
 from .model.yolo import DetectionModel
@@ -107,11 +107,12 @@ def predict(model: DetectionModel, paths: list[Path], imgsz: int = 640, conf_thr
         chunk = paths[start:start + batch_size]
         originals, batch, pads = [], [], []
         for path in chunk:
-            image = load_image_file(path)
+            image, (h0, w0) = read_for_size(path, size)  # big JPEGs decode reduced
             boxed, ratio, pad = letterbox(image, size, auto=False, scaleup=True, stride=stride)
-            originals.append(image.shape[:2])
+            originals.append((h0, w0))
             batch.append(torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1))))
-            pads.append((ratio, pad))
+            # from the original's pixels to the model input's
+            pads.append(((ratio[0] * image.shape[1] / w0, ratio[1] * image.shape[0] / h0), pad))
         images = torch.stack(batch).to(device).float() / 255
         with torch.autocast(device.type, dtype=torch.float16, enabled=half and device.type == "cuda"):
             output = model(images)
@@ -141,7 +142,7 @@ def detect(source: str, weights: str, imgsz: int = 640, conf_thres: float = 0.25
     for i, det in enumerate(results, 1):
         height, width = det.shape
         # upright RGB, as the model saw it; decoded again only for what draws on it
-        image = open_image_file(det.path) if save_crop or not nosave else None
+        image = open_image(det.path) if save_crop or not nosave else None
         LOGGER.info(f"image {i}/{len(results)} {det.path}: {height}x{width} {det.summary()}")
         if save_txt:
             (save_dir / "labels").mkdir(exist_ok=True)

@@ -26,7 +26,7 @@ from .checkpoint import load_state_dict_checked, read_any_weights, save_weights,
 from .config import ConfigError, TrainConfig, load_hyp, read_yaml
 from .data.dataset import YoloDataset, check_labels, labels_to_class_weights, labels_to_image_weights
 from .data.labels import scan_labels
-from .data.loader import build_dataloader, collate
+from .data.loader import build_dataloader, collate, init_worker
 from .data.sources import list_images, load_data_config
 from .ema import ModelEMA
 from .engine import EvalResult, LoopState, TrainParts, evaluate, format_results, new_accelerator, train_one_epoch
@@ -209,7 +209,8 @@ def build_val_batches(dataset: YoloDataset, batch_size: int, workers: int, rank:
             batches.append(batch[rank * part:(rank + 1) * part])
     num_workers = min(workers, os.cpu_count() or 1, max(len(batches), 1))
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
-                        persistent_workers=num_workers > 0)  # training validates every epoch: fork once
+                        persistent_workers=num_workers > 0,  # training validates every epoch: fork once
+                        worker_init_fn=init_worker)
     return loader, [i for batch in batches for i in batch]
 
 
@@ -304,6 +305,7 @@ def train(cfg: TrainConfig) -> Path:
                             stride=grid_stride, single_cls=cfg.single_cls, cache=cfg.cache, seed=cfg.seed,
                             mosaic_epochs=cfg.epochs - cfg.close_mosaic if cfg.close_mosaic else None,
                             prefix="train: ")
+    train_set.hsv_on_device = accelerator.device.type == "cuda"  # batched there; on CPUs the workers do it
     check_labels(train_set, nc, str(data.source))
     val_set = YoloDataset(val_index, imgsz, batch_size * 2, rect=True, stride=grid_stride, pad=0.5,
                           single_cls=cfg.single_cls, cache=cfg.cache, seed=cfg.seed, prefix="val: ")

@@ -2,41 +2,31 @@
 
 Images are uint8 RGB arrays (H, W, 3). Labels are float arrays (n, 5) = (class, x1, y1, x2, y2) in pixels,
 with continuous coordinates (pixel i covers [i, i+1)), so a box keeps framing the same pixels through every
-geometric transform. Resizes run on torch's uint8 kernels and other warps on Pillow; both sample that way.
+geometric transform. Resizes, warps and colour conversions run on OpenCV, as YOLOv5's do.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
+import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 FILL = 114  # grey used for padding and warped-in borders (YOLOv5's value)
 
 
-def resize(image: np.ndarray, width: int, height: int, antialias: bool = True) -> np.ndarray:
-    """Bilinear resize of a uint8 (H, W, 3) image on torch's vectorised uint8 kernels (several times Pillow's speed).
-
-    With `antialias`, shrinking averages over the pixels each output pixel covers, as Pillow's BILINEAR resize does
-    (same pixels when enlarging, within two grey levels when shrinking); without, every output pixel interpolates
-    its four nearest input pixels, as a bilinear warp does.
-    """
+def resize(image: np.ndarray, width: int, height: int, shrink_by_area: bool = False) -> np.ndarray:
+    """Bilinear resize of a uint8 (H, W, 3) image (OpenCV's INTER_LINEAR: each output pixel interpolates its four
+    nearest input pixels, centres aligned); with `shrink_by_area`, a shrink averages every input pixel an output
+    pixel covers (INTER_AREA, YOLOv5's choice for images it does not augment)."""
     if image.shape[1] == width and image.shape[0] == height:
         return image
-    out = F.interpolate(hwc_tensor(image), size=(height, width), mode="bilinear", align_corners=False,
-                        antialias=antialias)
-    return out[0].permute(1, 2, 0).numpy()
-
-
-def hwc_tensor(image: np.ndarray) -> torch.Tensor:
-    """A (1, 3, H, W) channels-last view of a (H, W, 3) array (a copy if the array is read-only or reversed)."""
-    if not image.flags.writeable or any(stride < 0 for stride in image.strides):
-        image = image.copy()  # torch only shares writable, forward-strided memory
-    return torch.from_numpy(image).permute(2, 0, 1)[None]
+    if any(stride < 0 for stride in image.strides):
+        image = np.ascontiguousarray(image)  # OpenCV takes forward-strided memory only
+    shrinking = width < image.shape[1] and height < image.shape[0]
+    interpolation = cv2.INTER_AREA if shrink_by_area and shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interpolation)
 
 
 def crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -70,8 +60,8 @@ def letterbox(image: np.ndarray, new_shape: int | tuple[int, int] = 640, auto: b
     if auto:
         pad_w, pad_h = pad_w % stride, pad_h % stride
     left, top = round(pad_w / 2 - 0.1), round(pad_h / 2 - 0.1)
-    out = np.full((unpad_h + pad_h, unpad_w + pad_w, 3), FILL, dtype=np.uint8)
-    out[top:top + unpad_h, left:left + unpad_w] = resize(image, unpad_w, unpad_h)
+    image = resize(image, unpad_w, unpad_h)
+    out = cv2.copyMakeBorder(image, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=(FILL,) * 3)
     return out, (unpad_w / width, unpad_h / height), (left, top)
 
 
@@ -149,20 +139,20 @@ def warp(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]) -> t
     """
     aligned = aligned_matrix(matrix, out_shape, image.shape[:2])
     if aligned is None:
-        return np.asarray(warp_image(Image.fromarray(image), matrix, out_shape)), matrix
+        return warp_image(image, matrix, out_shape), matrix
     matrix, box = aligned
-    return resize(crop(image, box), out_shape[1], out_shape[0], antialias=False), matrix
+    return resize(crop(image, box), out_shape[1], out_shape[0]), matrix
 
 
-def warp_image(image: Image.Image, matrix: np.ndarray, out_shape: tuple[int, int]) -> Image.Image:
-    """Pillow's generic warp of an RGB image: output pixel centres map back through `matrix`; outside is grey."""
-    height, width = out_shape
-    inverse = np.linalg.inv(matrix)
-    if matrix[2, 0] == 0 and matrix[2, 1] == 0:
-        method, coeffs = Image.Transform.AFFINE, (inverse[:2] / inverse[2, 2]).reshape(-1).tolist()
-    else:
-        method, coeffs = Image.Transform.PERSPECTIVE, (inverse.reshape(-1)[:8] / inverse[2, 2]).tolist()
-    return image.transform((width, height), method, coeffs, Image.Resampling.BILINEAR, fillcolor=(FILL, FILL, FILL))
+def warp_image(image: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
+    """OpenCV's bilinear warp of an (H, W, 3) image by a forward matrix in continuous coordinates; outside is grey."""
+    # OpenCV puts pixel centres on whole numbers, our coordinates on halves: shift by half a pixel each side
+    half = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    centred = np.linalg.inv(half) @ matrix @ half
+    size, fill = (out_shape[1], out_shape[0]), (FILL, FILL, FILL)
+    if matrix[2, 0] or matrix[2, 1]:
+        return cv2.warpPerspective(image, centred, size, flags=cv2.INTER_LINEAR, borderValue=fill)
+    return cv2.warpAffine(image, centred[:2], size, flags=cv2.INTER_LINEAR, borderValue=fill)
 
 
 def sampled_region(matrix: np.ndarray, out_shape: tuple[int, int],
@@ -237,70 +227,34 @@ def warp_labels(labels: np.ndarray, segments: list[np.ndarray] | tuple, matrix: 
     return labels
 
 
+def hsv_gains(rng: np.random.Generator, hgain: float = 0.5, sgain: float = 0.5, vgain: float = 0.5) -> np.ndarray:
+    """Random (hue, saturation, value) gains 1 + U(-1, 1) * gain, as YOLOv5 draws them."""
+    return rng.uniform(-1, 1, 3) * [hgain, sgain, vgain] + 1
+
+
+def hsv_luts(gains: np.ndarray) -> np.ndarray:
+    """(256, 3) uint8 tables for OpenCV's 8-bit HSV (hue in 0..179) under (hue, saturation, value) gains."""
+    x = np.arange(0, 256, dtype=np.float64)
+    # yolov5 parity: hue is multiplied, wrapping around its 180 steps; saturation and value saturate
+    return np.stack([(x * gains[0]) % 180, np.clip(x * gains[1], 0, 255), np.clip(x * gains[2], 0, 255)],
+                    1).astype(np.uint8)
+
+
+def apply_hsv(image: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """An RGB image with HSV gains applied: OpenCV's RGB -> HSV, one table per channel, HSV -> RGB (YOLOv5's)."""
+    if any(stride < 0 for stride in image.strides):
+        image = np.ascontiguousarray(image)
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    cv2.LUT(hsv, hsv_luts(gains)[:, None, :], dst=hsv)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
 def augment_hsv(image: np.ndarray, rng: np.random.Generator, hgain: float = 0.5, sgain: float = 0.5,
                 vgain: float = 0.5) -> np.ndarray:
-    """Random gains on hue, saturation and value through lookup tables (YOLOv5's scheme, Pillow's HSV).
-
-    Computes exactly Pillow's `convert("HSV").point(luts).convert("RGB")` through precomputed tables, about
-    twice as fast.
-    """
+    """Random gains on hue, saturation and value (YOLOv5's augment_hsv); unchanged when all gains are zero."""
     if not (hgain or sgain or vgain):
         return image
-    r = rng.uniform(-1, 1, 3) * [hgain, sgain, vgain] + 1
-    x = np.arange(0, 256, dtype=np.float64)
-    # yolov5 parity: hue is multiplied, wrapping around its range (256 steps in Pillow, 180 in OpenCV)
-    lut_h = ((x * r[0]) % 256).astype(np.uint8)
-    lut_s = np.clip(x * r[1], 0, 255).astype(np.uint8)
-    lut_v = np.clip(x * r[2], 0, 255).astype(np.uint8)
-    hue_table, saturation_table, rgb_table = hsv_tables()
-    red, green, blue = np.ascontiguousarray(image.transpose(2, 0, 1))  # planes: the arithmetic vectorises on them
-    value = np.maximum(np.maximum(red, green), blue)
-    low = np.minimum(np.minimum(red, green), blue)
-    red = red.astype(np.int32)
-    hue_index = green - red
-    hue_index *= 511
-    hue_index += blue
-    hue_index -= red
-    hue_index += 255 * 512  # (green - red + 255) * 511 + (blue - red + 255)
-    saturation_index = value.astype(np.uint16)
-    saturation_index <<= 8
-    saturation_index |= low
-    # the HSV word h << 16 | s << 8 | v, each part through its gain table (the tables composed when that is cheaper)
-    lut_h, lut_s = lut_h.astype(np.uint32) << 16, lut_s.astype(np.uint32) << 8
-    if value.size > len(hue_table):
-        word = lut_h.take(hue_table).take(hue_index)
-        word |= lut_s.take(saturation_table).take(saturation_index)
-    else:
-        word = lut_h.take(hue_table.take(hue_index))
-        word |= lut_s.take(saturation_table.take(saturation_index))
-    word |= lut_v.take(value)
-    rgbx = rgb_table.take(word)
-    return rgbx.view(np.uint8).reshape(*image.shape[:2], 4)[..., :3]  # a view: callers copy once (flip, CHW)
-
-
-@functools.cache
-def hsv_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pillow's HSV conversions as tables, made by Pillow itself (about 0.5 s and 64 MB, once per process).
-
-    Pillow's hue depends only on (g - r, b - r) and its saturation only on (max, min), so RGB -> HSV is two small
-    tables: hue (511 * 511,) and saturation (256 * 256,). HSV -> RGB is one table of 256 ** 3 little-endian RGBX
-    words, by h << 16 | s << 8 | v (4-byte entries gather faster than 3-byte rows).
-    """
-    diffs = np.arange(-255, 256)
-    green_red, blue_red = np.meshgrid(diffs, diffs, indexing="ij")
-    red = np.maximum(0, np.maximum(-green_red, -blue_red))
-    rgb = np.stack([red, red + green_red, red + blue_red], -1)
-    rgb[rgb.max(-1) > 255] = 0  # differences no pixel can have
-    hue = np.asarray(Image.fromarray(rgb.astype(np.uint8)).convert("HSV"))[..., 0].reshape(-1).copy()
-    levels = np.arange(256)
-    high, low = np.meshgrid(levels, levels, indexing="ij")
-    low = np.minimum(low, high)
-    saturation = np.asarray(Image.fromarray(np.stack([high, low, low], -1).astype(np.uint8)).convert("HSV"))
-    saturation = saturation[..., 1].reshape(-1).copy()
-    hsv = np.empty((256, 256, 256, 3), np.uint8)
-    hsv[..., 0], hsv[..., 1], hsv[..., 2] = levels[:, None, None], levels[None, :, None], levels[None, None, :]
-    rgb_image = Image.frombytes("HSV", (4096, 4096), hsv.tobytes()).convert("RGB")
-    return hue, saturation, np.frombuffer(rgb_image.tobytes("raw", "RGBX"), "<u4")
+    return apply_hsv(image, hsv_gains(rng, hgain, sgain, vgain))
 
 
 def mixup(image: np.ndarray, labels: np.ndarray, image2: np.ndarray, labels2: np.ndarray,

@@ -1,17 +1,17 @@
-"""YoloDataset: one split's images and labels with YOLOv5's loading, mosaic and augmentation."""
+"""YoloDataset: one split's images and labels with YOLOv5's loading, mosaic and augmentation, a batch at a time."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ..boxes import xywhn_to_xyxy, xyxy_to_xywhn
@@ -20,9 +20,9 @@ from ..progress import Progress
 from .augment import (
     FILL,
     aligned_matrix,
-    augment_hsv,
+    apply_hsv,
     copy_paste,
-    hsv_tables,
+    hsv_gains,
     letterbox,
     mixup,
     perspective_matrix,
@@ -32,10 +32,15 @@ from .augment import (
     warp_image,
     warp_labels,
 )
-from .labels import LabelIndex, load_image_file
+from .images import read_image, reduction_for
+from .labels import LabelIndex
 
 LOGGER = logging.getLogger("yolo_accel")
 Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]] | None
+Sample = tuple[torch.Tensor, torch.Tensor, str, Shapes, np.ndarray | None]
+Decoded = tuple[np.ndarray, tuple[int, int], tuple[int, int]]
+# a batch with at least this many different images draws its mosaic partners from itself (see __getitems__)
+MIN_PARTNER_POOL = 8
 
 
 def available_memory() -> int:
@@ -50,15 +55,41 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+class Ragged(Sequence):
+    """A list of arrays kept as one array and offsets.
+
+    Forked DataLoader workers read it without touching a Python object per item, whose reference count would copy
+    its memory page into every worker (worker memory that grows with the dataset, PyTorch issue 13246).
+    """
+
+    def __init__(self, arrays: Sequence[np.ndarray], row_shape: tuple[int, ...], dtype: Any = np.float32):
+        sizes = np.array([len(a) for a in arrays], np.int64)
+        self.offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        rows = [np.asarray(a, dtype).reshape(-1, *row_shape) for a in arrays]
+        self.data = np.concatenate(rows) if rows else np.zeros((0, *row_shape), dtype)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return self.data[self.offsets[i]:self.offsets[i + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+
 class YoloDataset(Dataset):
     """Images + labels of one split.
 
     `dataset[index]` or `dataset[(epoch, index)]` -> (image uint8 (3, H, W) RGB, labels (n, 6) float =
-    (0, class, x, y, w, h normalised), image path, shapes). `shapes` is None for mosaics, else
-    ((h0, w0), ((gain_h, gain_w), (pad_x, pad_y))) to map boxes back to the original image.
+    (0, class, x, y, w, h normalised), image path, shapes, hsv gains). `shapes` is None for mosaics, else
+    ((h0, w0), ((gain_h, gain_w), (pad_x, pad_y))) to map boxes back to the original image. `hsv gains` (3,) are the
+    HSV gains still to apply when `hsv_on_device` is set (a later stage applies them to the whole batch), else None.
 
     A sample's randomness comes from a generator seeded by (seed, epoch, index), so it is the same whichever
-    worker or process loads it, and a resumed run sees exactly the batches an uninterrupted one would.
+    worker or process loads it, and a resumed run sees exactly the batches an uninterrupted one would. The
+    DataLoader fetches whole batches (`__getitems__`): each file is decoded at most once per batch, and mosaics take
+    their partners from the batch's own images, so a batch is a function of (seed, epoch, its keys) alone.
     """
 
     def __init__(self, index: LabelIndex, imgsz: int = 640, batch_size: int = 16, augment: bool = False,
@@ -69,19 +100,25 @@ class YoloDataset(Dataset):
         self.seed, self.mosaic_epochs, self.prefix = seed, mosaic_epochs, prefix
         self.mosaic = augment and not rect
         self.mosaic_border = (-imgsz // 2, -imgsz // 2)
-        self.files = list(index.images)
-        self.shapes = np.asarray(index.shapes, dtype=np.int64).reshape(-1, 2)  # (n, 2) width, height
-        self.labels = [x.copy() for x in index.labels]
-        self.segments = [list(s) for s in index.segments]
-        self.restore = np.asarray(index.restore, dtype=bool)
-        if single_cls:
-            for labels in self.labels:
-                labels[:, 0] = 0
-        self.batch_index = np.zeros(len(self.files), dtype=np.int64)
+        self.hsv = augment and any(self.hyp.get(k) for k in ("hsv_h", "hsv_s", "hsv_v"))
+        self.hsv_on_device = False  # set before the first epoch: HSV gains travel with the batch instead
+        order = np.arange(len(index.images))
+        self.batch_index = np.zeros(len(order), dtype=np.int64)
         self.batch_shapes = None
         if rect:
-            self._plan_rect_batches(batch_size, pad)
-        self.ram: list[np.ndarray | None] = [None] * len(self.files)
+            order = self._plan_rect_batches(np.asarray(index.shapes).reshape(-1, 2), batch_size, pad)
+        self.files = [index.images[i] for i in order]
+        self.paths = np.array([os.fsencode(f) for f in self.files])  # for workers: no Python object per item
+        self.shapes = np.asarray(index.shapes, dtype=np.int64).reshape(-1, 2)[order]  # (n, 2) width, height
+        self.restore = np.asarray(index.restore, dtype=bool).reshape(-1)[order]
+        labels = [index.labels[i] for i in order]
+        if single_cls:
+            labels = [np.concatenate((np.zeros_like(x[:, :1]), x[:, 1:]), 1) for x in labels]
+        self.labels = Ragged(labels, (5,))
+        polygons = [index.segments[i] for i in order]
+        self.polygons = Ragged([p for image in polygons for p in image], (2,))
+        self.polygon_offsets = np.concatenate(([0], np.cumsum([len(p) for p in polygons]))).astype(np.int64)
+        self.ram: Ragged | None = None
         self.npy_dir: Path | None = None
         if cache == "ram":
             self._cache_ram()
@@ -89,28 +126,27 @@ class YoloDataset(Dataset):
             self._cache_disk()
         elif cache:
             raise ValueError(f"cache must be 'ram', 'disk' or None, got {cache!r}")
-        if augment and any(self.hyp.get(k) for k in ("hsv_h", "hsv_s", "hsv_v")):
-            hsv_tables()  # built once here, so forked workers share them
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def _plan_rect_batches(self, batch_size: int, pad: float) -> None:
-        """Sort by aspect ratio and give each batch of `batch_size` one (h, w), a stride multiple."""
-        aspect = self.shapes[:, 1] / self.shapes[:, 0]
+    def segments(self, i: int) -> list[np.ndarray]:
+        """Image i's polygons, (p, 2) normalised each."""
+        return [self.polygons[k] for k in range(self.polygon_offsets[i], self.polygon_offsets[i + 1])]
+
+    def _plan_rect_batches(self, shapes: np.ndarray, batch_size: int, pad: float) -> np.ndarray:
+        """Sort by aspect ratio and give each batch of `batch_size` one (h, w), a stride multiple; the new order."""
+        aspect = shapes[:, 1] / shapes[:, 0]
         order = aspect.argsort()
-        self.files = [self.files[i] for i in order]
-        self.shapes, self.restore = self.shapes[order], self.restore[order]
-        self.labels = [self.labels[i] for i in order]
-        self.segments = [self.segments[i] for i in order]
         aspect = aspect[order]
-        self.batch_index = np.arange(len(self.files)) // batch_size
-        shapes = []
-        for b in range(int(self.batch_index[-1]) + 1 if len(self.files) else 0):
+        self.batch_index = np.arange(len(order)) // batch_size
+        batch_shapes = []
+        for b in range(int(self.batch_index[-1]) + 1 if len(order) else 0):
             ratios = aspect[self.batch_index == b]
             low, high = ratios.min(), ratios.max()
-            shapes.append([high, 1] if high < 1 else [1, 1 / low] if low > 1 else [1, 1])
-        self.batch_shapes = (np.ceil(np.array(shapes) * self.imgsz / self.stride + pad).astype(int) * self.stride)
+            batch_shapes.append([high, 1] if high < 1 else [1, 1 / low] if low > 1 else [1, 1])
+        self.batch_shapes = np.ceil(np.array(batch_shapes) * self.imgsz / self.stride + pad).astype(int) * self.stride
+        return order
 
     def resized_shape(self, i: int) -> tuple[int, int]:
         """(h, w) of image i after load_image's resize (long side = imgsz)."""
@@ -118,46 +154,64 @@ class YoloDataset(Dataset):
         r = self.imgsz / max(h0, w0)
         return (max(1, round(h0 * r)), max(1, round(w0 * r))) if r != 1 else (int(h0), int(w0))
 
-    def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    def decode(self, i: int) -> np.ndarray:
+        """Image i as stored: from the disk cache, or decoded (at a reduced size when it will shrink 2x or more)."""
+        if self.npy_dir is not None:
+            return np.load(self._npy_path(i, self.npy_dir), allow_pickle=False)
+        return self._decode_file(i)
+
+    def _decode_file(self, i: int) -> np.ndarray:
+        path = Path(os.fsdecode(self.paths[i]))
+        reduce = reduction_for(int(self.shapes[i].max()), self.imgsz, path)
+        return read_image(path, reduce=reduce, restore=bool(self.restore[i]))
+
+    def load_image(self, i: int) -> Decoded:
         """(image resized so its long side is imgsz, (h0, w0) original, (h, w) resized)."""
         w0, h0 = (int(v) for v in self.shapes[i])
-        cached = self.ram[i]
-        if cached is not None:
-            return cached, (h0, w0), cached.shape[:2]
         h, w = self.resized_shape(i)
-        if self.npy_dir is not None:
-            image = np.load(self._npy_path(i), allow_pickle=False)
-        else:
-            image = load_image_file(self.files[i], restore=bool(self.restore[i]), max_side=self.imgsz)
-        return resize(image, w, h), (h0, w0), (h, w)
+        if self.ram is not None:
+            return self.ram[i].reshape(h, w, 3), (h0, w0), (h, w)
+        # yolov5 parity: bilinear when augmenting or enlarging, area averaging for other shrinks
+        return resize(self.decode(i), w, h, shrink_by_area=not self.augment), (h0, w0), (h, w)
 
     def _cache_ram(self) -> None:
-        needed = sum(h * w * 3 for h, w in (self.resized_shape(i) for i in range(len(self))))
-        free = available_memory()
+        """Every image resized (long side imgsz) into one block of memory that forked workers share."""
+        sizes = [h * w * 3 for h, w in (self.resized_shape(i) for i in range(len(self)))]
+        needed, free = sum(sizes), available_memory()
         if needed * 1.3 > free:
             LOGGER.warning(f"{self.prefix}WARNING ⚠️ --cache ram needs {needed / 2**30:.1f} GB and "
                            f"{free / 2**30:.1f} GB is available: not caching images")
             return
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, \
-                Progress(len(self), f"{self.prefix}Caching images ({needed / 2**30:.2f} GB ram)") as bar:
-            for i, (image, _, _) in enumerate(pool.map(self.load_image, range(len(self)))):
-                self.ram[i] = image
-                bar.update()
-
-    def _npy_path(self, i: int) -> Path:
-        path = self.files[i]
-        key = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
-        return self.npy_dir / f"{key.hexdigest()[:24]}.npy"
-
-    def _cache_disk(self) -> None:
-        """Decoded images as .npy in the yolo-accel cache folder (the dataset folder is left untouched)."""
-        self.npy_dir = cache_dir() / "images"
-        self.npy_dir.mkdir(parents=True, exist_ok=True)
+        block = Ragged([], (1,), np.uint8)
+        block.offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        block.data = np.empty(needed, np.uint8)
 
         def store(i: int) -> None:
-            target = self._npy_path(i)
+            block[i][:] = self.load_image(i)[0].reshape(-1)
+
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, \
+                Progress(len(self), f"{self.prefix}Caching images ({needed / 2**30:.2f} GB ram)") as bar:
+            for _ in pool.map(store, range(len(self))):
+                bar.update()
+        block.data.flags.writeable = False  # samples are built from views of it
+        self.ram = block
+
+    def _npy_path(self, i: int, folder: Path) -> Path:
+        path = self.files[i]
+        stat = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return folder / f"{key.hexdigest()[:24]}.npy"
+
+    def _cache_disk(self) -> None:
+        """Decoded images as .npy in the yolo-accel cache folder (the dataset folder is left untouched); big JPEGs
+        at the reduced size they decode to for this image size."""
+        folder = cache_dir() / "images" / str(self.imgsz)
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def store(i: int) -> None:
+            target = self._npy_path(i, folder)
             if not target.exists():
-                image = load_image_file(self.files[i], restore=bool(self.restore[i]))
+                image = self._decode_file(i)
 
                 def write(tmp: Path) -> None:
                     with open(tmp, "wb") as f:
@@ -166,24 +220,49 @@ class YoloDataset(Dataset):
                 atomic_write(target, write)
 
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, \
-                Progress(len(self), f"{self.prefix}Caching images (disk: {self.npy_dir})") as bar:
+                Progress(len(self), f"{self.prefix}Caching images (disk: {folder})") as bar:
             for _ in pool.map(store, range(len(self))):
                 bar.update()
+        self.npy_dir = folder
 
     def mosaic_active(self, epoch: int) -> bool:
         return self.mosaic and (self.mosaic_epochs is None or epoch < self.mosaic_epochs)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str, Shapes]:
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        return self.sample(epoch, index, None, {})
+
+    def __getitems__(self, keys: list[int | tuple[int, int]]) -> list[Sample]:
+        """A whole batch: each file decoded at most once, mosaic partners drawn from the batch's own images.
+
+        Drawing partners from the batch (as Ultralytics 8 draws them from its recent-image buffer) instead of from
+        the whole dataset (YOLOv5) cuts decoding from ~4 files per mosaic to one. A batch with fewer than
+        MIN_PARTNER_POOL different images (tiny per-device batches) draws from the whole dataset as YOLOv5 does.
+        """
+        keys = [key if isinstance(key, tuple) else (0, key) for key in keys]
+        pool = sorted({index for _, index in keys})
+        decoded: dict[int, Decoded] = {}
+        return [self.sample(epoch, index, pool if len(pool) >= MIN_PARTNER_POOL else None, decoded)
+                for epoch, index in keys]
+
+    def _image(self, i: int, decoded: dict[int, Decoded]) -> Decoded:
+        if i not in decoded:
+            decoded[i] = self.load_image(i)
+        return decoded[i]
+
+    def sample(self, epoch: int, index: int, pool: list[int] | None, decoded: dict[int, Decoded]) -> Sample:
+        """Sample `index` of `epoch`; mosaic partners come from `pool` (else the whole dataset), images from and
+        into `decoded`."""
         rng = np.random.default_rng([self.seed, epoch, index])
         hyp = self.hyp
         shapes: Shapes = None
         if self.mosaic_active(epoch) and rng.random() < hyp.get("mosaic", 0.0):
-            image, labels = self.load_mosaic(index, rng)
+            image, labels = self.load_mosaic(index, rng, pool, decoded)
             if rng.random() < hyp.get("mixup", 0.0):
-                image, labels = mixup(image, labels, *self.load_mosaic(int(rng.integers(len(self))), rng), rng)
+                other = int(rng.choice(pool)) if pool else int(rng.integers(len(self)))
+                image, labels = mixup(image, labels, *self.load_mosaic(other, rng, pool, decoded), rng)
         else:
-            image, (h0, w0), (h, w) = self.load_image(index)
+            image, (h0, w0), (h, w) = self._image(index, decoded)
             shape = tuple(self.batch_shapes[self.batch_index[index]]) if self.rect else self.imgsz
             image, ratio, pad = letterbox(image, shape, auto=False, scaleup=self.augment)
             shapes = (h0, w0), ((h * ratio[1] / h0, w * ratio[0] / w0), (float(pad[0]), float(pad[1])))
@@ -197,8 +276,12 @@ class YoloDataset(Dataset):
         labels = labels.astype(np.float32)
         if len(labels):
             labels[:, 1:5] = xyxy_to_xywhn(labels[:, 1:5], w=image.shape[1], h=image.shape[0], clip=True, eps=1e-3)
+        gains = None
         if self.augment:
-            image = augment_hsv(image, rng, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
+            if self.hsv:
+                gains = hsv_gains(rng, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
+                if not self.hsv_on_device:
+                    image, gains = apply_hsv(image, gains), None
             if rng.random() < hyp["flipud"]:
                 image = image[::-1]
                 labels[:, 2] = 1 - labels[:, 2]
@@ -207,19 +290,28 @@ class YoloDataset(Dataset):
                 labels[:, 1] = 1 - labels[:, 1]
         out = np.zeros((len(labels), 6), dtype=np.float32)
         out[:, 1:] = labels
-        image = np.ascontiguousarray(image.transpose(2, 0, 1))
-        return torch.from_numpy(image), torch.from_numpy(out), str(self.files[index]), shapes
+        image = np.ascontiguousarray(image.transpose(2, 0, 1))  # the flips ride on this one copy
+        return torch.from_numpy(image), torch.from_numpy(out), os.fsdecode(self.paths[index]), shapes, gains
 
-    def load_mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def load_mosaic(self, index: int, rng: np.random.Generator, pool: list[int] | None = None,
+                    decoded: dict[int, Decoded] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Four images around a random centre on a 2s x 2s canvas, then copy-paste and a random warp to s x s.
 
-        Labels come back as (n, 5) = (class, x1, y1, x2, y2) in output pixels. Without copy-paste only the part
-        of the canvas that the warp reads is assembled, and images that fall outside it are not decoded; the
-        result is the same as warping the full canvas.
+        The three partners are drawn from `pool` (three different images, when it has them) or uniformly from the
+        dataset (YOLOv5's draw). Labels come back as (n, 5) = (class, x1, y1, x2, y2) in output pixels. Without
+        copy-paste only the part of the canvas that the warp reads is assembled, and images that fall outside it
+        are not decoded; the result is the same as warping the full canvas (within one grey level for rotations and
+        shears, which OpenCV interpolates in fixed point from the region's origin).
         """
+        decoded = {} if decoded is None else decoded
         s = self.imgsz
         yc, xc = (int(rng.uniform(-b, 2 * s + b)) for b in self.mosaic_border)
-        indices = [index, *rng.integers(0, len(self), size=3).tolist()]
+        if pool:
+            others = [i for i in pool if i != index]
+            partners = rng.choice(others, size=3, replace=len(others) < 3).tolist()
+        else:
+            partners = rng.integers(0, len(self), size=3).tolist()
+        indices = [index, *partners]
         rng.shuffle(indices)
         tiles = []  # (image index, (x, y) of its top-left corner on the canvas)
         all_labels, all_segments = [], []
@@ -230,7 +322,7 @@ class YoloDataset(Dataset):
                 (xc - w, yc) if tile == 2 else (xc, yc)
             tiles.append((i, (padw, padh)))
             labels = self.labels[i].copy()
-            segments = [seg * [w, h] + [padw, padh] for seg in self.segments[i]]
+            segments = [seg * [w, h] + [padw, padh] for seg in self.segments(i)]
             if labels.size:
                 labels[:, 1:] = xywhn_to_xyxy(labels[:, 1:], w, h, padw, padh)
             all_labels.append(labels)
@@ -242,7 +334,7 @@ class YoloDataset(Dataset):
         geometry = dict(degrees=hyp["degrees"], translate=hyp["translate"], scale=hyp["scale"], shear=hyp["shear"],
                         perspective=hyp["perspective"])
         if hyp.get("copy_paste", 0.0) and all_segments:  # copy-paste mirrors the whole canvas
-            canvas = self._assemble(tiles, (0, 0, 2 * s, 2 * s))
+            canvas = self._assemble(tiles, (0, 0, 2 * s, 2 * s), decoded)
             canvas, labels, all_segments = copy_paste(canvas, labels, all_segments, hyp["copy_paste"], rng)
             return random_perspective(canvas, labels, all_segments, rng=rng, border=self.mosaic_border, **geometry)
         out_shape = (2 * s + 2 * self.mosaic_border[0], 2 * s + 2 * self.mosaic_border[1])
@@ -251,15 +343,16 @@ class YoloDataset(Dataset):
         aligned = aligned_matrix(matrix, out_shape, (2 * s, 2 * s))
         if aligned is not None:  # scale and shift (YOLOv5's hyps): a resize of the part of the canvas in view
             matrix, region = aligned
-            image = resize(self._assemble(tiles, region), out_shape[1], out_shape[0], antialias=False)
+            image = resize(self._assemble(tiles, region, decoded), out_shape[1], out_shape[0])
         else:
             region = sampled_region(matrix, out_shape, (2 * s, 2 * s))
             shift = np.eye(3)
             shift[:2, 2] = region[:2]  # region pixels -> canvas pixels
-            image = np.asarray(warp_image(Image.fromarray(self._assemble(tiles, region)), matrix @ shift, out_shape))
+            image = warp_image(self._assemble(tiles, region, decoded), matrix @ shift, out_shape)
         return image, warp_labels(labels, all_segments, matrix, scale, out_shape)
 
-    def _assemble(self, tiles: list[tuple[int, tuple[int, int]]], region: tuple[int, int, int, int]) -> np.ndarray:
+    def _assemble(self, tiles: list[tuple[int, tuple[int, int]]], region: tuple[int, int, int, int],
+                  decoded: dict[int, Decoded]) -> np.ndarray:
         """The (x0, y0, x1, y1) part of the grey 2s x 2s mosaic canvas, each image at its corner, clipped by the
         canvas edges; the region may reach past them. Images with no pixel in the region are not loaded."""
         x0, y0, x1, y1 = region
@@ -270,7 +363,7 @@ class YoloDataset(Dataset):
             cx0, cy0 = max(left, x0, 0), max(top, y0, 0)  # the image's visible part, in canvas pixels
             cx1, cy1 = min(left + w, x1, size), min(top + h, y1, size)
             if cx0 < cx1 and cy0 < cy1:
-                image = self.load_image(i)[0]
+                image = self._image(i, decoded)[0]
                 canvas[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = image[cy0 - top:cy1 - top, cx0 - left:cx1 - left]
         return canvas
 

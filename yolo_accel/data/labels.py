@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..boxes import segments_to_boxes
 from ..files import atomic_write
 from ..progress import Progress
+from .images import exif_size, read_image
 from .sources import IMAGE_FORMATS, label_path
 
 LOGGER = logging.getLogger("yolo_accel")
@@ -51,14 +52,6 @@ class PairResult:
     message: str = ""
 
 
-def exif_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) as displayed, i.e. swapped for 90/270-degree EXIF orientations. Call before verify()."""
-    has_exif = image.format in ("JPEG", "MPO", "TIFF", "WEBP") or "exif" in image.info
-    orientation = image.getexif().get(0x0112, 1) if has_exif else 1
-    width, height = image.size
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
 def verify_pair(image_path: Path, label_file: Path) -> PairResult:
     """Check one image and its label file; never modifies either. Problems become a corrupt result + message."""
     result = PairResult(image_path)
@@ -71,7 +64,7 @@ def verify_pair(image_path: Path, label_file: Path) -> PairResult:
             except Exception:
                 if fmt not in ("jpeg", "mpo"):
                     raise
-                load_image_file(image_path, restore=True)  # a truncated JPEG that still decodes is kept
+                read_image(image_path, restore=True)  # a truncated JPEG that still decodes is kept
         if fmt not in IMAGE_FORMATS and not (fmt == "mpo" and image_path.suffix.lower() in (".jpg", ".jpeg")):
             raise ValueError(f"invalid image format {im.format}")
         if shape[0] < MIN_SIDE or shape[1] < MIN_SIDE:
@@ -237,37 +230,3 @@ def scan_labels(images: list[Path], prefix: str = "", workers: int = 8, use_cach
     if use_cache and save_cache(cache, index, digest) and verbose:
         LOGGER.info(f"{prefix}New cache created: {cache}")
     return index
-
-
-def open_image_file(path: Path, restore: bool = False, max_side: int | None = None) -> Image.Image:
-    """Decode to a loaded RGB Pillow image honouring EXIF orientation; grey, alpha, palette and 16-bit are converted.
-
-    With `max_side`, JPEGs may decode at a reduced scale (no smaller than max_side) to save time.
-    """
-    from PIL import ImageFile
-
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = restore or previous
-    try:
-        with Image.open(path) as im:
-            if max_side and im.format == "JPEG":
-                scale = max_side / max(im.size)
-                if scale <= 0.5:
-                    im.draft("RGB", (int(im.size[0] * scale) + 1, int(im.size[1] * scale) + 1))
-            im.load()  # before reading EXIF, which a PNG may store after the pixels
-            if im.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):  # exif_transpose copies even upright images
-                im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(im, dtype=np.float64)
-                array = (array / (65535.0 if array.max() > 255 else 255.0) * 255).clip(0, 255).astype(np.uint8)
-                return Image.fromarray(np.ascontiguousarray(np.repeat(array[..., None], 3, axis=2)))
-            if im.mode != "RGB":
-                im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
-            return im
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
-def load_image_file(path: Path, restore: bool = False, max_side: int | None = None) -> np.ndarray:
-    """uint8 RGB (H, W, 3) of `open_image_file`."""
-    return np.asarray(open_image_file(path, restore, max_side))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import NamedTuple
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler, default_collate
@@ -46,13 +48,28 @@ class EpochSampler(Sampler):
             yield epoch, i
 
 
-def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...], tuple]:
-    """-> images uint8 (B, 3, H, W), targets (N, 6) = (image index in batch, class, x, y, w, h), paths, shapes."""
-    images, labels, paths, shapes = zip(*batch)
+class Batch(NamedTuple):
+    """What the loaders yield."""
+
+    images: torch.Tensor  # uint8 (B, 3, H, W) RGB
+    targets: torch.Tensor  # (N, 6) = (image index in batch, class, x, y, w, h normalised)
+    paths: tuple[str, ...]
+    shapes: tuple  # per image: None (mosaic) or ((h0, w0), ((gain_h, gain_w), (pad_x, pad_y)))
+    hsv_gains: torch.Tensor | None  # (B, 3) float64 HSV gains still to apply (apply_hsv_batch), or None
+
+
+def collate(samples: list) -> Batch:
+    images, labels, paths, shapes, gains = zip(*samples)
     for i, lb in enumerate(labels):
         lb[:, 0] = i
+    hsv_gains = torch.from_numpy(np.stack(gains)) if gains[0] is not None else None
     # default_collate stacks straight into shared memory inside a worker, saving a copy of the batch
-    return default_collate(images), torch.cat(labels, 0), paths, shapes
+    return Batch(default_collate(images), torch.cat(labels, 0), paths, shapes, hsv_gains)
+
+
+def init_worker(worker_id: int) -> None:
+    """One OpenCV thread per worker process (the workers are the parallelism), as YOLOv5 runs its loaders."""
+    cv2.setNumThreads(0)
 
 
 def build_dataloader(dataset: YoloDataset, batch_size: int, workers: int = 8, shuffle: bool = False,
@@ -68,4 +85,4 @@ def build_dataloader(dataset: YoloDataset, batch_size: int, workers: int = 8, sh
     batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
     num_workers = min(os.cpu_count() or 1, workers, batch_size if batch_size > 1 else 0)
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0, worker_init_fn=init_worker)
