@@ -16,8 +16,9 @@ from PIL import Image
 from yolo_accel.boxes import xywhn_to_xyxy
 from yolo_accel.config import ConfigError
 from yolo_accel.data.augment import aligned_matrix, perspective_matrix, random_perspective
+from yolo_accel.data.batch_augment import apply_hsv_batch
 from yolo_accel.data.dataset import YoloDataset, check_labels
-from yolo_accel.data.images import read_image
+from yolo_accel.data.images import read_image, reduction_for
 from yolo_accel.data.labels import scan_labels
 from yolo_accel.data.loader import build_dataloader
 from yolo_accel.data.sources import DataError, label_path, list_images, load_data_config
@@ -420,3 +421,78 @@ def test_ram_and_disk_caches_give_the_same_images(dataset_root, tmp_path, monkey
     assert list((tmp_path / "cache" / "images").rglob("*.npy"))
     for i in range(len(plain)):
         assert torch.equal(plain[i][0], ram[i][0]) and torch.equal(plain[i][0], disk[i][0])
+
+
+# batches
+
+
+@pytest.fixture
+def twelve_images(tmp_path):
+    root = tmp_path / "twelve"
+    colours = np.random.default_rng(0).integers(0, 200, (12, 3))
+    for i in range(12):
+        size = [(64, 48), (48, 64), (80, 60)][i % 3]
+        rows = write_image(root / "images" / "train" / f"{i}.png", size=size, color=tuple(colours[i].tolist()),
+                           boxes=[(8, 8, 30, 30)])
+        (root / "labels" / "train").mkdir(parents=True, exist_ok=True)
+        (root / "labels" / "train" / f"{i}.txt").write_text("\n".join(rows) + "\n")
+    cfg = load_data_config(write_yaml(root / "d.yaml", train="images/train", names=["a"]))
+    return scan_labels(list_images(cfg, "train"))
+
+
+def test_a_batch_decodes_each_file_once_and_draws_mosaic_partners_from_itself(twelve_images):
+    dataset = YoloDataset(twelve_images, imgsz=64, augment=True, hyp=dict(HYP, mixup=0.5))
+    decoded = []
+    load_image = dataset.load_image
+    dataset.load_image = lambda i: decoded.append(i) or load_image(i)
+    keys = [(0, i) for i in (3, 1, 4, 0, 5, 9, 2, 6)]
+    batch = dataset.__getitems__(keys)
+    assert len(batch) == 8 and len(decoded) == len(set(decoded)) <= 8 and set(decoded) <= {i for _, i in keys}
+    again = dataset.__getitems__(keys)  # a function of the keys alone
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batch, again))
+    # the same image in another batch gets partners from that batch
+    other = dataset.__getitems__([(0, i) for i in (3, 7, 8, 10, 11, 0, 5, 9)])
+    assert not torch.equal(batch[0][0], other[0][0])
+    # a batch too small to be a pool draws partners from the whole dataset, as YOLOv5 does (and as dataset[key])
+    small = dataset.__getitems__(keys[:2])
+    assert torch.equal(small[0][0], dataset[keys[0]][0])
+
+
+def test_batches_with_partner_pools_are_the_same_for_any_worker_count(twelve_images):
+    def epoch(workers):
+        dataset = YoloDataset(twelve_images, imgsz=64, augment=True, hyp=HYP, seed=5)
+        loader = build_dataloader(dataset, batch_size=8, workers=workers, shuffle=True, seed=5)
+        loader.batch_sampler.sampler.set_epoch(1)
+        return [(batch.images, batch.targets) for batch in loader]
+
+    for a, b in zip(epoch(0), epoch(2), strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_hsv_left_to_the_device_stage_matches_hsv_in_the_workers(twelve_images):
+    def first_batch(on_device):
+        dataset = YoloDataset(twelve_images, imgsz=64, augment=True, hyp=HYP, seed=1)
+        dataset.hsv_on_device = on_device
+        return next(iter(build_dataloader(dataset, batch_size=8, workers=0, shuffle=True, seed=1)))
+
+    in_workers, deferred = first_batch(False), first_batch(True)
+    assert in_workers.hsv_gains is None and deferred.hsv_gains.shape == (8, 3)
+    assert torch.equal(in_workers.targets, deferred.targets)  # flips and geometry stay in the workers
+    assert not torch.equal(in_workers.images, deferred.images)
+    coloured = apply_hsv_batch(deferred.images, deferred.hsv_gains)
+    assert (coloured.int() - in_workers.images.int()).abs().max() <= 1
+
+
+def test_big_jpegs_decode_reduced_and_boxes_still_follow_the_pixels(tmp_path):
+    root = tmp_path / "big"
+    rows = write_image(root / "images" / "train" / "big.jpg", size=(1100, 820), boxes=[(200, 160, 700, 600)])
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "labels" / "train" / "big.txt").write_text(rows[0] + "\n")
+    assert reduction_for(1100, 256, root / "a.jpg") == 4 and reduction_for(1100, 600, root / "a.jpg") == 1
+    assert reduction_for(1100, 256, root / "a.png") == 1  # only JPEG decoders can skip work
+    assert read_image(root / "images" / "train" / "big.jpg", reduce=4).shape == (205, 275, 3)
+    cfg = load_data_config(write_yaml(root / "d.yaml", train="images/train", names=["a"]))
+    dataset = YoloDataset(scan_labels(list_images(cfg, "train")), imgsz=256)
+    image, labels, _, _, _ = dataset[0]
+    assert image.shape == (3, 256, 256)
+    assert white_fraction(image.numpy(), labels[0, 2:].tolist()) > 0.9
