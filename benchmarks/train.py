@@ -1,10 +1,13 @@
 """Training throughput: end to end, and with the data pipeline replaced by tensors already in memory.
 
-    python benchmarks/train.py --data DATA.yaml --cfg yolov5n.yaml --img 320 --batch-size 16 --epochs 2
+    python benchmarks/train.py --data DATA.yaml --cfg yolov5n.yaml --img 320 --batch-size 16 --epochs 3
+    python benchmarks/train.py --data DATA.yaml ... --reference-python REF/bin/python --rounds 2
 
 Runs `yolo-accel train` (validation each epoch, as YOLOv5 does) and times every epoch and its training loop;
 then replays the same number of batches from memory through the same model, loss and optimizer step to get
-the compute ceiling. The last stdout line is one JSON object.
+the compute ceiling. Steady state leaves out the first epoch (worker start-up, allocator and kernel warm-up).
+`--reference-python` alternates with `yolov5 train` on the same data (benchmarks/reference.py). The last stdout
+line is one JSON object.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import argparse
 import json
 import logging
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `yolo-accel` sets it, before torch loads OpenMP
 
@@ -33,17 +39,55 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--cfg", default="yolov5n.yaml")
     parser.add_argument("--img", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3, help="at least 2: the first is left out of steady state")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="")
     parser.add_argument("--mixed-precision", default="auto")
+    parser.add_argument("--reference-python", help="the reference environment's python: alternate with YOLOv5's")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations with --reference-python")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    result = alternate(args) if args.reference_python else measure(args)
+    print(json.dumps(result))
+
+
+def last_json(command: list[str]) -> dict:
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def alternate(args: argparse.Namespace) -> dict:
+    """This benchmark and `yolov5 train` (benchmarks/reference.py) one after the other, `rounds` times."""
+    own = [sys.executable, __file__, "--data", args.data, "--cfg", args.cfg, "--img", str(args.img),
+           "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--workers", str(args.workers),
+           "--device", args.device, "--mixed-precision", args.mixed_precision]
+    reference = [args.reference_python, str(Path(__file__).resolve().parent / "reference.py"), "train", "--data",
+                 str(Path(args.data).resolve()), "--cfg", args.cfg, "--img", str(args.img), "--batch-size",
+                 str(args.batch_size), "--epochs", str(args.epochs), "--workers", str(args.workers), "--device",
+                 args.device or "cpu"]
+    ours, theirs = [], []
+    for round_ in range(args.rounds):
+        ours.append(last_json(own))
+        theirs.append(last_json(reference))
+        print(f"round {round_ + 1}: yolo-accel {ours[-1]['epoch_seconds']} s/epoch "
+              f"(loop {ours[-1]['loop_over_ceiling']} of the ceiling), yolov5 {theirs[-1]['epoch_seconds']} s/epoch",
+              file=sys.stderr)
+    mine = statistics.median(r["epoch_seconds"] for r in ours)
+    ref = statistics.median(r["epoch_seconds"] for r in theirs)
+    return {"yolo_accel_epoch_seconds": [r["epoch_seconds"] for r in ours],
+            "yolov5_epoch_seconds": [r["epoch_seconds"] for r in theirs], "ratio": round(mine / ref, 3),
+            "loop_over_ceiling": [r["loop_over_ceiling"] for r in ours],
+            "mixed_precision": ours[0]["mixed_precision"], "cfg": args.cfg, "img": args.img,
+            "batch_size": args.batch_size, "epochs": args.epochs, "data": args.data}
+
+
+def measure(args: argparse.Namespace) -> dict:
     loop_seconds: list[float] = []
+    epoch_starts: list[float] = []
     images_seen = [0]
     captured: dict = {}
     original_epoch = engine.train_one_epoch
@@ -56,9 +100,11 @@ def main() -> None:
     def timed_epoch(parts, loader, *rest, **kwargs):
         captured["parts"], captured["loader"] = parts, loader
         start = time.perf_counter()
-        marks.setdefault("first_epoch", start)
+        epoch_starts.append(start)
+        before = images_seen[0]
         done = original_epoch(parts, counted(loader), *rest, **kwargs)
         loop_seconds.append(time.perf_counter() - start)
+        loop_images.append(images_seen[0] - before)
         return done
 
     original_finish = train_module.finish
@@ -68,28 +114,33 @@ def main() -> None:
         return original_finish(*a, **kw)
 
     marks: dict[str, float] = {}
+    loop_images: list[int] = []
     train_module.train_one_epoch = timed_epoch  # time the loop the trainer really runs
     train_module.finish = timed_finish
     with tempfile.TemporaryDirectory() as project:
         cfg = TrainConfig(data=args.data, cfg=args.cfg, imgsz=args.img, batch_size=args.batch_size, epochs=args.epochs,
                           workers=args.workers, project=project, device=args.device,
-                          mixed_precision=args.mixed_precision)
+                          mixed_precision=args.mixed_precision, noplots=True)  # as the reference runs
         start = time.perf_counter()
         train_module.train(cfg)
         total = time.perf_counter() - start
         ceiling = measure_ceiling(captured["parts"], captured["loader"], batches=min(len(captured["loader"]), 30))
+    # each epoch: training + validation + saving, from its start to the next one's (or to the end of the last)
+    epoch_seconds = [b - a for a, b in zip(epoch_starts, [*epoch_starts[1:], marks["epochs_done"]])]
+    loop_rate = sum(loop_images[1:]) / sum(loop_seconds[1:])
     result = {
-        "images_per_s": round(images_seen[0] / sum(loop_seconds), 2),
+        "images_per_s": round(loop_rate, 2),  # the training loop, steady state
         "ceiling_images_per_s": round(ceiling, 2),
-        # like YOLOv5's "N epochs completed in": training + per-epoch validation + saving, no setup
-        "epoch_seconds": round((marks["epochs_done"] - marks["first_epoch"]) / args.epochs, 2),
-        "train_loop_seconds_per_epoch": round(sum(loop_seconds) / len(loop_seconds), 2),
+        "loop_over_ceiling": round(loop_rate / ceiling, 3),
+        "epoch_seconds": round(sum(epoch_seconds[1:]) / len(epoch_seconds[1:]), 2),  # steady state
+        "first_epoch_seconds": round(epoch_seconds[0], 2),
+        "train_loop_seconds_per_epoch": round(sum(loop_seconds[1:]) / len(loop_seconds[1:]), 2),
         "total_seconds": round(total, 2),
         "epochs": args.epochs, "batch_size": args.batch_size, "img": args.img, "cfg": args.cfg, "data": args.data,
         "workers": args.workers, "device": str(captured["parts"].accelerator.device),
         "mixed_precision": captured["parts"].accelerator.mixed_precision, "torch_threads": torch.get_num_threads(),
     }
-    print(json.dumps(result))
+    return result
 
 
 def measure_ceiling(parts, loader, batches: int) -> float:
