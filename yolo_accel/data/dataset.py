@@ -37,7 +37,8 @@ from .labels import LabelIndex
 
 LOGGER = logging.getLogger("yolo_accel")
 Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]] | None
-Sample = tuple[torch.Tensor, torch.Tensor, str, Shapes, np.ndarray | None]
+# (image uint8 (H, W, 3) RGB, possibly a flipped view; labels (n, 6); path; shapes; HSV gains to apply or None)
+Sample = tuple[np.ndarray, torch.Tensor, str, Shapes, np.ndarray | None]
 Decoded = tuple[np.ndarray, tuple[int, int], tuple[int, int]]
 # a batch with at least this many different images draws its mosaic partners from itself (see __getitems__)
 MIN_PARTNER_POOL = 8
@@ -228,9 +229,12 @@ class YoloDataset(Dataset):
     def mosaic_active(self, epoch: int) -> bool:
         return self.mosaic and (self.mosaic_epochs is None or epoch < self.mosaic_epochs)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str, Shapes,
+                                                                np.ndarray | None]:
+        """One sample on its own, its image as a (3, H, W) tensor; loaders fetch whole batches (__getitems__)."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        return self.sample(epoch, index, None, {})
+        image, *rest = self.sample(epoch, index, None, {})
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), *rest
 
     def __getitems__(self, keys: list[int | tuple[int, int]]) -> list[Sample]:
         """A whole batch: each file decoded at most once, mosaic partners drawn from the batch's own images.
@@ -290,8 +294,7 @@ class YoloDataset(Dataset):
                 labels[:, 1] = 1 - labels[:, 1]
         out = np.zeros((len(labels), 6), dtype=np.float32)
         out[:, 1:] = labels
-        image = np.ascontiguousarray(image.transpose(2, 0, 1))  # the flips ride on this one copy
-        return torch.from_numpy(image), torch.from_numpy(out), os.fsdecode(self.paths[index]), shapes, gains
+        return image, torch.from_numpy(out), os.fsdecode(self.paths[index]), shapes, gains
 
     def load_mosaic(self, index: int, rng: np.random.Generator, pool: list[int] | None = None,
                     decoded: dict[int, Decoded] | None = None) -> tuple[np.ndarray, np.ndarray]:

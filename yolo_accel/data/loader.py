@@ -9,7 +9,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Sampler, default_collate
+from torch.utils.data import BatchSampler, DataLoader, Sampler, get_worker_info
 
 from .dataset import YoloDataset
 
@@ -51,7 +51,7 @@ class EpochSampler(Sampler):
 class Batch(NamedTuple):
     """What the loaders yield."""
 
-    images: torch.Tensor  # uint8 (B, 3, H, W) RGB
+    images: torch.Tensor  # uint8 (B, 3, H, W) RGB, channels-last in memory (as the model runs)
     targets: torch.Tensor  # (N, 6) = (image index in batch, class, x, y, w, h normalised)
     paths: tuple[str, ...]
     shapes: tuple  # per image: None (mosaic) or ((h0, w0), ((gain_h, gain_w), (pad_x, pad_y)))
@@ -59,12 +59,20 @@ class Batch(NamedTuple):
 
 
 def collate(samples: list) -> Batch:
+    """Samples from YoloDataset.__getitems__ -> a Batch. Images are copied once, (H, W, 3) as they come (flipped
+    views included), into one block; inside a worker that block is shared memory, so it reaches the main process
+    without another copy. Viewed as (B, 3, H, W) it is channels-last, the layout the model runs in."""
     images, labels, paths, shapes, gains = zip(*samples)
     for i, lb in enumerate(labels):
         lb[:, 0] = i
+    block = torch.empty((len(images), *images[0].shape), dtype=torch.uint8)
+    if get_worker_info() is not None:
+        block.share_memory_()
+    out = block.numpy()
+    for i, image in enumerate(images):
+        out[i] = image
     hsv_gains = torch.from_numpy(np.stack(gains)) if gains[0] is not None else None
-    # default_collate stacks straight into shared memory inside a worker, saving a copy of the batch
-    return Batch(default_collate(images), torch.cat(labels, 0), paths, shapes, hsv_gains)
+    return Batch(block.permute(0, 3, 1, 2), torch.cat(labels, 0), paths, shapes, hsv_gains)
 
 
 def init_worker(worker_id: int) -> None:
