@@ -1,14 +1,14 @@
 """Write a photo-like JPEG detection dataset for the benchmarks (nothing is downloaded).
 
-    python benchmarks/make_dataset.py --out /tmp/coco-like --kind coco --images 200
-    python benchmarks/make_dataset.py --out /tmp/phone --kind phone --images 64
+    python benchmarks/make_dataset.py --out /tmp/coco-like --kind coco --images 200 --val-images 50
+    python benchmarks/make_dataset.py --out /tmp/phone --kind phone --images 64 --val-images 16
 
 `coco`: COCO's common sizes (640x480, 480x640, 500x375, 427x640, 640x427), ~100-150 KB each (COCO's: ~160 KB).
 `phone`: 4032x3024 (landscape and portrait), ~4-5 MB each, as a phone camera writes them.
 Each image is a smooth random backdrop with striped objects, detail at 1-32 px scales, sensor noise and JPEG
 4:2:0 at quality 90, so its entropy (and so its decode time) is close to a real photo's; the objects' boxes
 are the labels (80 classes).
-Writes OUT/images/train, OUT/labels/train and OUT/data.yaml (train and val both the same images).
+Writes OUT/images/{train,val}, OUT/labels/{train,val} and OUT/data.yaml.
 """
 
 from __future__ import annotations
@@ -60,22 +60,24 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--kind", choices=sorted(SIZES), default="coco")
-    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--images", type=int, default=200, help="training images")
+    parser.add_argument("--val-images", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    images, labels = args.out / "images" / "train", args.out / "labels" / "train"
-    images.mkdir(parents=True, exist_ok=True)
-    labels.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
-    for i in range(args.images):
-        width, height = SIZES[args.kind][i % len(SIZES[args.kind])]
-        image, rows = photo(rng, width, height)
-        cv2.imwrite(str(images / f"{i:06d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        rows = "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in rows)
-        (labels / f"{i:06d}.txt").write_text(rows)
+    for split, count in (("train", args.images), ("val", args.val_images)):
+        images, labels = args.out / "images" / split, args.out / "labels" / split
+        images.mkdir(parents=True, exist_ok=True)
+        labels.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            width, height = SIZES[args.kind][i % len(SIZES[args.kind])]
+            image, rows = photo(rng, width, height)
+            cv2.imwrite(str(images / f"{i:06d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            rows = "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in rows)
+            (labels / f"{i:06d}.txt").write_text(rows)
     names = "\n".join(f"  {i}: class{i}" for i in range(CLASSES))
     yaml = args.out / "data.yaml"
-    yaml.write_text(f"path: {args.out.resolve()}\ntrain: images/train\nval: images/train\nnames:\n{names}\n")
+    yaml.write_text(f"path: {args.out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
     print(yaml)
     return yaml
 
