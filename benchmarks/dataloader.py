@@ -72,13 +72,13 @@ def cpu_cost(dataset, collate, args: argparse.Namespace) -> dict:
 
 
 def throughput(args: argparse.Namespace) -> dict:
-    from yolo_accel.config import load_hyp
+    from yolo_accel.config import AugmentHyp, hyp_slice, load_hyp
     from yolo_accel.data.dataset import YoloDataset
     from yolo_accel.data.labels import scan_labels
     from yolo_accel.data.loader import build_dataloader, collate
     from yolo_accel.data.sources import list_images, load_data_config
 
-    hyp = load_hyp(args.hyp)
+    hyp = hyp_slice(AugmentHyp, load_hyp(args.hyp))
     data = load_data_config(args.data)
     index = scan_labels(list_images(data, "train"), verbose=False)
     dataset = YoloDataset(index, imgsz=args.img, batch_size=args.batch_size, augment=True, hyp=hyp, cache=None,

@@ -97,12 +97,12 @@ def measure(args: argparse.Namespace) -> dict:
             images_seen[0] += len(batch[0])
             yield batch
 
-    def timed_epoch(parts, loader, *rest, **kwargs):
-        captured["parts"], captured["loader"] = parts, loader
+    def timed_epoch(plan, training, loader, *rest, **kwargs):
+        captured["plan"], captured["training"], captured["loader"] = plan, training, loader
         start = time.perf_counter()
         epoch_starts.append(start)
         before = images_seen[0]
-        done = original_epoch(parts, counted(loader), *rest, **kwargs)
+        done = original_epoch(plan, training, counted(loader), *rest, **kwargs)
         loop_seconds.append(time.perf_counter() - start)
         loop_images.append(images_seen[0] - before)
         return done
@@ -118,13 +118,14 @@ def measure(args: argparse.Namespace) -> dict:
     train_module.train_one_epoch = timed_epoch  # time the loop the trainer really runs
     train_module.finish = timed_finish
     with tempfile.TemporaryDirectory() as project:
-        cfg = TrainConfig(data=args.data, cfg=args.cfg, imgsz=args.img, batch_size=args.batch_size, epochs=args.epochs,
-                          workers=args.workers, project=project, device=args.device,
-                          mixed_precision=args.mixed_precision, noplots=True)  # as the reference runs
+        config = TrainConfig(data=args.data, model=args.cfg, imgsz=args.img, batch_size=args.batch_size,
+                             epochs=args.epochs, workers=args.workers, project=project, device=args.device,
+                             mixed_precision=args.mixed_precision, noplots=True)  # as the reference runs
         start = time.perf_counter()
-        train_module.train(cfg)
+        train_module.train(config)
         total = time.perf_counter() - start
-        ceiling = measure_ceiling(captured["parts"], captured["loader"], batches=min(len(captured["loader"]), 30))
+        ceiling = measure_ceiling(captured["plan"], captured["training"], captured["loader"],
+                                  batches=min(len(captured["loader"]), 30))
     # each epoch: training + validation + saving, from its start to the next one's (or to the end of the last)
     epoch_seconds = [b - a for a, b in zip(epoch_starts, [*epoch_starts[1:], marks["epochs_done"]])]
     loop_rate = sum(loop_images[1:]) / sum(loop_seconds[1:])
@@ -137,15 +138,15 @@ def measure(args: argparse.Namespace) -> dict:
         "train_loop_seconds_per_epoch": round(sum(loop_seconds[1:]) / len(loop_seconds[1:]), 2),
         "total_seconds": round(total, 2),
         "epochs": args.epochs, "batch_size": args.batch_size, "img": args.img, "cfg": args.cfg, "data": args.data,
-        "workers": args.workers, "device": str(captured["parts"].accelerator.device),
-        "mixed_precision": captured["parts"].accelerator.mixed_precision, "torch_threads": torch.get_num_threads(),
+        "workers": args.workers, "device": str(captured["plan"].accelerator.device),
+        "mixed_precision": captured["plan"].accelerator.mixed_precision, "torch_threads": torch.get_num_threads(),
     }
     return result
 
 
-def measure_ceiling(parts, loader, batches: int) -> float:
+def measure_ceiling(plan, training, loader, batches: int) -> float:
     """Images/s of forward + loss + backward + step on batches preloaded into memory (no data loading)."""
-    device = parts.accelerator.device
+    device = plan.accelerator.device
     loader.set_epoch(0)
     stored = []
     for i, (images, targets, _, _, hsv_gains) in enumerate(loader):
@@ -155,7 +156,7 @@ def measure_ceiling(parts, loader, batches: int) -> float:
         stored.append((images, targets.to(device)))
         if i + 1 == batches:
             break
-    model, optimizer, criterion, accelerator = parts.model, parts.optimizer, parts.criterion, parts.accelerator
+    model, optimizer, criterion, accelerator = training.model, training.optimizer, plan.criterion, plan.accelerator
     model.train()
 
     def step(images, targets):

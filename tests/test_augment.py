@@ -6,8 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import ROOT, generic_warp
+from conftest import generic_warp
 
 from yolo_accel.data.augment import (
     aligned_matrix,
@@ -24,8 +23,6 @@ from yolo_accel.data.augment import (
     warp,
 )
 from yolo_accel.data.batch_augment import apply_hsv_batch, rgb_to_hsv
-
-HYP = yaml.safe_load((ROOT / "configs/hyps/hyp.scratch-low.yaml").read_text())
 
 
 def drawn_image(h=96, w=128, box=(30, 20, 70, 60)):

@@ -8,9 +8,16 @@ import torch
 from conftest import REFERENCE
 from safetensors.torch import save_file
 
-from yolo_accel.checkpoint import WeightsError, check_state_dict, load_model, read_weights, save_weights
+from yolo_accel.checkpoint import (
+    UnsafeCheckpointError,
+    WeightsError,
+    check_state_dict,
+    import_ultralytics,
+    load_model,
+    read_weights,
+    save_weights,
+)
 from yolo_accel.model import build_model
-from yolo_accel.ultralytics_import import UnsafeCheckpointError, import_ultralytics
 
 
 @pytest.fixture(scope="module")

@@ -58,8 +58,8 @@ def test_convert_missing_source(tmp_path):
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
-    (["train", "--resume"], ["train", "--resume", "True"]),
-    (["train", "--resume", "--epochs", "5"], ["train", "--resume", "True", "--epochs", "5"]),
+    (["train", "--resume"], ["train", "--resume", ""]),
+    (["train", "--resume", "--epochs", "5"], ["train", "--resume", "", "--epochs", "5"]),
     (["train", "--resume", "runs/train/exp3"], ["train", "--resume", "runs/train/exp3"]),
     (["train", "--cache", "--rect"], ["train", "--cache", "ram", "--rect"]),
     (["train", "--cache", "disk"], ["train", "--cache", "disk"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from conftest import ROOT, generic_warp
 from PIL import Image
 
 from yolo_accel.boxes import xywhn_to_xyxy
-from yolo_accel.config import ConfigError
+from yolo_accel.config import AugmentHyp, ConfigError, hyp_slice
 from yolo_accel.data.augment import aligned_matrix, perspective_matrix, random_perspective
 from yolo_accel.data.batch_augment import apply_hsv_batch
 from yolo_accel.data.dataset import YoloDataset, check_labels
@@ -23,7 +24,8 @@ from yolo_accel.data.labels import scan_labels
 from yolo_accel.data.loader import build_dataloader
 from yolo_accel.data.sources import DataError, label_path, list_images, load_data_config
 
-HYP = yaml.safe_load((ROOT / "configs/hyps/hyp.scratch-low.yaml").read_text())
+HYP_VALUES = yaml.safe_load((ROOT / "configs/hyps/hyp.scratch-low.yaml").read_text())
+HYP = hyp_slice(AugmentHyp, HYP_VALUES)
 
 
 def write_image(path, size=(64, 48), color=(20, 20, 20), boxes=(), fmt=None):
@@ -266,7 +268,7 @@ def white_fraction(image, box):
 
 def test_mosaic_boxes_follow_the_pixels(dataset_root):
     cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", names=["a"]))
-    hyp = dict(HYP, hsv_h=0, hsv_s=0, hsv_v=0)  # keep white white
+    hyp = replace(HYP, hsv_h=0, hsv_s=0, hsv_v=0)  # keep white white
     dataset = YoloDataset(scan_labels(list_images(cfg, "train")), imgsz=128, augment=True, hyp=hyp)
     seen = 0
     for epoch in range(3):
@@ -312,9 +314,7 @@ def full_canvas_mosaic(dataset, index, rng):
         all_labels.append(labels)
     labels = np.concatenate(all_labels, 0).astype(np.float64)
     np.clip(labels[:, 1:], 0, 2 * s, out=labels[:, 1:])
-    hyp = dataset.hyp
-    geometry = dict(degrees=hyp["degrees"], translate=hyp["translate"], scale=hyp["scale"], shear=hyp["shear"],
-                    perspective=hyp["perspective"])
+    geometry = dataset.geometry
     matrix, _ = perspective_matrix(copy.deepcopy(rng), (2 * s, 2 * s), (s, s), **geometry)
     aligned = aligned_matrix(matrix, (s, s), (2 * s, 2 * s))
     if aligned:  # the warp random_perspective applies: a resize, whose edge pixels blend with the grey around
@@ -344,7 +344,7 @@ def test_mosaic_of_the_sampled_region_equals_the_full_canvas(tmp_path, imgsz, ge
         label.write_text("0 0.5 0.5 0.5 0.5\n1 0.2 0.3 0.3 0.4\n")
     cfg = load_data_config(write_yaml(tmp_path / "d.yaml", train="images/train", names=["a", "b"]))
     dataset = YoloDataset(scan_labels(list_images(cfg, "train")), imgsz=imgsz, augment=True,
-                          hyp=dict(HYP, **geometry), cache=cache)
+                          hyp=replace(HYP, **geometry), cache=cache)
     decoded = []
     load_image = dataset.load_image
     dataset.load_image = lambda i: decoded.append(i) or load_image(i)
@@ -441,7 +441,7 @@ def twelve_images(tmp_path):
 
 
 def test_a_batch_decodes_each_file_once_and_draws_mosaic_partners_from_itself(twelve_images):
-    dataset = YoloDataset(twelve_images, imgsz=64, augment=True, hyp=dict(HYP, mixup=0.5))
+    dataset = YoloDataset(twelve_images, imgsz=64, augment=True, hyp=replace(HYP, mixup=0.5))
     decoded = []
     load_image = dataset.load_image
     dataset.load_image = lambda i: decoded.append(i) or load_image(i)

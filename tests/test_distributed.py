@@ -15,7 +15,7 @@ from conftest import REFERENCE, ROOT
 from safetensors.torch import load_file
 
 from yolo_accel.data.demo import write_demo_dataset
-from yolo_accel.train import read_results
+from yolo_accel.results import read_results
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--mixed_precision", "no", "--dynamo_backend", "no"]
 pytestmark = pytest.mark.slow

@@ -75,7 +75,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def tiny_config(data: Path) -> TrainConfig:
-    return TrainConfig(data=str(data), cfg=str(REFERENCE / "tiny.yaml"), epochs=1, batch_size=8, imgsz=64, workers=0,
+    return TrainConfig(data=str(data), model=str(REFERENCE / "tiny.yaml"), epochs=1, batch_size=8, imgsz=64, workers=0,
                        noautoanchor=True)
 
 

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
 from conftest import REFERENCE
 from safetensors.torch import load_file
 
+from yolo_accel.config import LossHyp, hyp_slice
 from yolo_accel.loss import DetectionLoss, build_targets, scale_loss_gains
 from yolo_accel.model import build_model
 
 CASES = json.loads((REFERENCE / "loss_cases.json").read_text())
 SETS = {name: load_file(REFERENCE / f"loss_{name}.safetensors") for name in {c["set"] for c in CASES.values()}}
+def gains(values: dict) -> LossHyp:
+    return hyp_slice(LossHyp, values)
+
+
 HYP = {"box": 0.05, "cls": 0.5, "cls_pw": 1.0, "obj": 1.0, "obj_pw": 1.0, "anchor_t": 4.0, "fl_gamma": 0.0}
 
 
@@ -34,9 +40,9 @@ def run(criterion: DetectionLoss, predictions: list[torch.Tensor], targets: torc
 def test_matches_reference(case):
     spec = CASES[case]
     group = SETS[spec["set"]]
-    assert scale_loss_gains(spec["unscaled_hyp"], spec["nl"], spec["nc"], spec["imgsz"]) == \
-        pytest.approx(spec["hyp"], rel=1e-12)
-    criterion = DetectionLoss(group["anchors"], group["stride"], spec["nc"], spec["hyp"], spec["autobalance"])
+    scaled = scale_loss_gains(gains(spec["unscaled_hyp"]), spec["nl"], spec["nc"], spec["imgsz"])
+    assert asdict(scaled) == pytest.approx(asdict(gains(spec["hyp"])), rel=1e-12)
+    criterion = DetectionLoss(group["anchors"], group["stride"], spec["nc"], gains(spec["hyp"]), spec["autobalance"])
     loss, items, grads = run(criterion, level_tensors(group, "predictions"), group[f"{case}.targets"], spec["calls"])
 
     # the reference keeps 5 weights (P3-P7) for a 4-level model and uses the first 4
@@ -50,7 +56,7 @@ def test_matches_reference(case):
 
 def test_from_detect_matches_the_reference_head(tiny_yaml):
     group = SETS["tiny"]
-    criterion = DetectionLoss.from_detect(build_model(tiny_yaml).model[-1], CASES["tiny"]["hyp"])
+    criterion = DetectionLoss.from_detect(build_model(tiny_yaml).model[-1], gains(CASES["tiny"]["hyp"]))
     torch.testing.assert_close(criterion.anchors, group["anchors"])
     assert criterion.strides == group["stride"].tolist()
     loss, _, _ = run(criterion, level_tensors(group, "predictions"), group["tiny.targets"])
@@ -59,7 +65,7 @@ def test_from_detect_matches_the_reference_head(tiny_yaml):
 
 def test_set_anchors_refreshes_the_assignment():
     group = SETS["tiny"]
-    criterion = DetectionLoss(group["anchors"], group["stride"], 3, CASES["tiny"]["hyp"])
+    criterion = DetectionLoss(group["anchors"], group["stride"], 3, gains(CASES["tiny"]["hyp"]))
     predictions, targets = level_tensors(group, "predictions"), group["tiny.targets"]
     before = criterion(predictions, targets)[0]
     criterion.set_anchors(group["anchors"] * 3)
@@ -72,7 +78,7 @@ def test_set_anchors_refreshes_the_assignment():
 
 def test_empty_targets_give_only_objectness_loss():
     group = SETS["tiny"]
-    criterion = DetectionLoss(group["anchors"], group["stride"], 3, CASES["tiny"]["hyp"])
+    criterion = DetectionLoss(group["anchors"], group["stride"], 3, gains(CASES["tiny"]["hyp"]))
     loss, items, grads = run(criterion, level_tensors(group, "predictions"), torch.zeros(0, 6))
     assert items[0] == 0 and items[2] == 0
     assert torch.isfinite(items[1]) and items[1] > 0
@@ -84,7 +90,7 @@ def test_empty_targets_give_only_objectness_loss():
 
 def test_gradients_reach_exactly_the_assigned_cells():
     group = SETS["tiny"]
-    criterion = DetectionLoss(group["anchors"], group["stride"], 3, CASES["tiny"]["hyp"])
+    criterion = DetectionLoss(group["anchors"], group["stride"], 3, gains(CASES["tiny"]["hyp"]))
     predictions, targets = level_tensors(group, "predictions"), group["tiny.targets"]
     loss, _, grads = run(criterion, predictions, targets)
     assert torch.isfinite(loss)
@@ -100,7 +106,7 @@ def test_gradients_reach_exactly_the_assigned_cells():
 
 def test_every_parameter_gets_a_gradient(tiny_yaml):
     model = build_model(tiny_yaml).train()
-    criterion = DetectionLoss.from_detect(model.model[-1], scale_loss_gains(HYP, 3, 3, 64))
+    criterion = DetectionLoss.from_detect(model.model[-1], scale_loss_gains(gains(HYP), 3, 3, 64))
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     targets = torch.tensor([[0, 0, 0.5, 0.5, 0.3, 0.4], [0, 2, 0.2, 0.7, 0.1, 0.1], [1, 1, 0.6, 0.4, 0.8, 0.6]])
     loss, _ = criterion(model(images), targets)
@@ -130,11 +136,11 @@ def test_build_targets_clamps_cells_on_the_border():
 
 
 def test_scale_loss_gains_hand_case():
-    hyp = {**HYP, "label_smoothing": 0.1}
+    hyp = gains({**HYP, "label_smoothing": 0.1})
     scaled = scale_loss_gains(hyp, num_levels=4, nc=20, imgsz=1280)
-    assert scaled["box"] == pytest.approx(0.05 * 3 / 4)  # 0.0375
-    assert scaled["cls"] == pytest.approx(0.5 * 20 / 80 * 3 / 4)  # 0.09375
-    assert scaled["obj"] == pytest.approx(1.0 * 4 * 3 / 4)  # 3.0
-    assert {k: v for k, v in scaled.items() if k not in ("box", "cls", "obj")} == \
-        {k: v for k, v in hyp.items() if k not in ("box", "cls", "obj")}
-    assert hyp["box"] == 0.05  # the input is not modified
+    assert scaled.box == pytest.approx(0.05 * 3 / 4)  # 0.0375
+    assert scaled.cls == pytest.approx(0.5 * 20 / 80 * 3 / 4)  # 0.09375
+    assert scaled.obj == pytest.approx(1.0 * 4 * 3 / 4)  # 3.0
+    assert {k: v for k, v in asdict(scaled).items() if k not in ("box", "cls", "obj")} == \
+        {k: v for k, v in asdict(hyp).items() if k not in ("box", "cls", "obj")}
+    assert hyp.box == 0.05  # the input is not modified

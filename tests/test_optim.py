@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 
+from yolo_accel.config import WarmupHyp
 from yolo_accel.ema import ModelEMA
 from yolo_accel.model import build_model
 from yolo_accel.optim import Warmup, accumulate_steps, build_optimizer, lr_lambda, parameter_groups, scaled_weight_decay
-from yolo_accel.train import EarlyStopping
+from yolo_accel.training_state import EarlyStopping
 
-HYP = {"warmup_epochs": 3.0, "warmup_bias_lr": 0.1, "warmup_momentum": 0.8, "momentum": 0.937}
+WARMUP = WarmupHyp(warmup_epochs=3.0, warmup_bias_lr=0.1, warmup_momentum=0.8)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_warmup_ramps_lr_momentum_and_accumulation(model):
     optimizer = build_optimizer(model, "SGD", lr=0.01, momentum=0.937, weight_decay=5e-4)
     for group in optimizer.param_groups:
         group["initial_lr"] = 0.01
-    warmup = Warmup.plan(HYP, batches_per_epoch=10, batch_size=16)
+    warmup = Warmup.plan(WARMUP, 0.937, batches_per_epoch=10, batch_size=16)
     assert warmup.batches == 100  # max(3 epochs * 10 batches, 100)
     warmup.apply(optimizer, 0, epoch_factor=1.0)
     assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.0, 0.0]
@@ -70,7 +71,7 @@ def test_warmup_ramps_lr_momentum_and_accumulation(model):
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.055, 0.005, 0.005])
     assert optimizer.param_groups[1]["momentum"] == pytest.approx((0.8 + 0.937) / 2)
     assert [warmup.accumulate(s) for s in (0, 50, 100, 500)] == [1, 2, 4, 4]
-    assert Warmup.plan(HYP, batches_per_epoch=100, batch_size=16).batches == 300
+    assert Warmup.plan(WARMUP, 0.937, batches_per_epoch=100, batch_size=16).batches == 300
 
 
 def test_ema_follows_with_the_yolov5_ramp(model):

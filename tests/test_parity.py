@@ -10,9 +10,9 @@ from conftest import REFERENCE
 from safetensors.torch import load_file
 from seeded_weights import seeded_state_dict
 
+from yolo_accel.checkpoint import import_ultralytics
 from yolo_accel.model import build_model
 from yolo_accel.model.summary import summarize
-from yolo_accel.ultralytics_import import import_ultralytics
 
 TABLE = json.loads((REFERENCE / "models.json").read_text())
 VARIANTS = list(TABLE)

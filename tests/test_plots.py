@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from yolo_accel.draw import class_colour
 from yolo_accel.metrics import ConfusionMatrix, ap_per_class
 from yolo_accel.plots import (
     gaussian_smooth,
@@ -18,8 +19,7 @@ from yolo_accel.plots import (
     plot_pr_curve,
     plot_results,
 )
-from yolo_accel.predict import class_colour
-from yolo_accel.train import RESULT_COLUMNS, append_results
+from yolo_accel.results import RESULT_COLUMNS, append_results
 
 NAMES = ["person", "bicycle", "car"]
 

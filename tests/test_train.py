@@ -21,7 +21,8 @@ from yolo_accel.checkpoint import load_model, save_weights
 from yolo_accel.config import TrainConfig
 from yolo_accel.data.demo import write_demo_dataset
 from yolo_accel.model import build_model
-from yolo_accel.train import RESULT_COLUMNS, check_amp, choose_mixed_precision, read_results, train
+from yolo_accel.results import RESULT_COLUMNS, read_results
+from yolo_accel.train import check_amp, choose_mixed_precision, train
 
 TINY = str(REFERENCE / "tiny.yaml")
 
@@ -32,7 +33,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def tiny_config(data: Path, project: Path, **overrides) -> TrainConfig:
-    options = dict(data=str(data), cfg=TINY, epochs=2, batch_size=8, imgsz=64, workers=0, project=str(project),
+    options = dict(data=str(data), model=TINY, epochs=2, batch_size=8, imgsz=64, workers=0, project=str(project),
                    noautoanchor=True)
     return TrainConfig(**{**options, **overrides})
 

@@ -54,5 +54,5 @@ class YOLO:
 
         is_weights = Path(self.source).suffix in (".safetensors", ".pt")
         config = TrainConfig(data=data, weights=self.source if is_weights else "",
-                             cfg="" if is_weights else self.source)
+                             model="" if is_weights else self.source)
         return train(replace(config, **options))

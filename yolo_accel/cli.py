@@ -119,8 +119,8 @@ def train(
     from .train import train as run_training
 
     config = TrainConfig(
-        data=data, cfg=cfg, weights=weights, hyp=hyp, epochs=epochs, batch_size=batch_size, imgsz=imgsz, rect=rect,
-        resume=resume if resume is not None else False, nosave=nosave, noval=noval, noautoanchor=noautoanchor,
+        data=data, model=cfg, weights=weights, hyp=hyp, epochs=epochs, batch_size=batch_size, imgsz=imgsz,
+        rect=rect, resume=resume, nosave=nosave, noval=noval, noautoanchor=noautoanchor,
         noplots=noplots, cache=cache, image_weights=image_weights, multi_scale=multi_scale, single_cls=single_cls,
         optimizer=optimizer, sync_bn=sync_bn, workers=workers, project=project, name=name, exist_ok=exist_ok,
         cos_lr=cos_lr, label_smoothing=label_smoothing, patience=patience, freeze=parse_freeze(freeze),
@@ -218,9 +218,11 @@ def detect(
     except ValueError:
         fail(f"--classes takes class indices like 0,2,3; got {classes!r}")
     try:
-        run_detect(source, weights, imgsz, conf_thres, iou_thres, max_det, keep, agnostic_nms, save_txt, save_conf,
-                   save_crop, nosave, line_thickness, hide_labels, hide_conf, half, project, name, exist_ok,
-                   batch_size, device)
+        run_detect(source, weights, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
+                   classes=keep, agnostic_nms=agnostic_nms, save_txt=save_txt, save_conf=save_conf,
+                   save_crop=save_crop, nosave=nosave, line_thickness=line_thickness, hide_labels=hide_labels,
+                   hide_conf=hide_conf, half=half, project=project, name=name, exist_ok=exist_ok,
+                   batch_size=batch_size, device=device)
     except (ConfigError, WeightsError) as err:
         fail(str(err))
 
@@ -248,7 +250,8 @@ def export(
 
     formats = tuple(x for item in (include or FORMATS) for x in item.replace(",", " ").split())
     try:
-        run_export(weights, formats, imgsz, batch_size, opset, dynamic, half, simplify, device)
+        run_export(weights, include=formats, imgsz=imgsz, batch_size=batch_size, opset=opset, dynamic=dynamic,
+                   half=half, simplify=simplify, device=device)
     except (ConfigError, WeightsError) as err:
         fail(str(err))
 
@@ -287,7 +290,7 @@ def evolve(
     from .data.sources import DataError
     from .evolve import evolve as run_evolve
 
-    config = TrainConfig(data=data, cfg=cfg, weights=weights, hyp=hyp, epochs=epochs, batch_size=batch_size,
+    config = TrainConfig(data=data, model=cfg, weights=weights, hyp=hyp, epochs=epochs, batch_size=batch_size,
                          imgsz=imgsz, noautoanchor=noautoanchor, single_cls=single_cls, optimizer=optimizer,
                          cache=cache, rect=rect, image_weights=image_weights, multi_scale=multi_scale, cos_lr=cos_lr,
                          workers=workers, seed=seed, device=device)
@@ -311,8 +314,7 @@ def convert(
     overwrite: Annotated[bool, typer.Option(help="replace DESTINATION if it exists")] = False,
 ) -> None:
     """Import an Ultralytics .pt checkpoint as .safetensors, running no code from the pickle."""
-    from .checkpoint import save_weights
-    from .ultralytics_import import import_ultralytics
+    from .checkpoint import import_ultralytics, save_weights
 
     destination = destination or source.with_suffix(".safetensors")
     if destination.suffix != ".safetensors":
@@ -358,11 +360,11 @@ def info(
 
 
 # YOLOv5 flags that may stand alone or take a value (argparse nargs="?"): the value they mean alone
-OPTIONAL_VALUES = {"--resume": "True", "--cache": "ram"}
+OPTIONAL_VALUES = {"--resume": "", "--cache": "ram"}  # an empty --resume: the latest run
 
 
 def expand_optional_values(args: list[str]) -> list[str]:
-    """`--resume --epochs 5` -> `--resume True --epochs 5`, so the parser sees a value after each such flag."""
+    """`--resume --epochs 5` -> `--resume "" --epochs 5`, so the parser sees a value after each such flag."""
     out = []
     for i, arg in enumerate(args):
         out.append(arg)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -89,6 +90,82 @@ def load_hyp(name: str | Path) -> dict[str, float]:
     return {k: float(v) for k, v in hyp.items()}
 
 
+@dataclass(frozen=True)
+class OptimizerHyp:
+    """The optimizer's and LR schedule's hyperparameters."""
+
+    lr0: float = 0.01  # initial learning rate
+    lrf: float = 0.01  # final learning rate, as a fraction of lr0
+    momentum: float = 0.937  # SGD momentum, Adam beta1
+    weight_decay: float = 0.0005  # at the nominal batch of 64
+
+
+@dataclass(frozen=True)
+class WarmupHyp:
+    warmup_epochs: float = 3.0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+
+
+@dataclass(frozen=True)
+class LossHyp:
+    """Loss gains (box, cls, obj as in the hyp file, or scaled: loss.scale_loss_gains) and target assignment."""
+
+    box: float = 0.05
+    cls: float = 0.5
+    cls_pw: float = 1.0  # BCE positive weight, classes
+    obj: float = 1.0
+    obj_pw: float = 1.0  # BCE positive weight, objectness
+    iou_t: float = 0.2  # unused by YOLOv5 v7.0's loss; kept for its hyp files
+    anchor_t: float = 4.0  # a target matches an anchor when their sides differ by less than this factor
+    fl_gamma: float = 0.0  # focal loss gamma (0: plain BCE)
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class AugmentHyp:
+    """Training augmentation: HSV gains, the random warp, flip probabilities, mosaic, mixup, copy-paste."""
+
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    degrees: float = 0.0
+    translate: float = 0.1
+    scale: float = 0.5
+    shear: float = 0.0
+    perspective: float = 0.0
+    flipud: float = 0.0
+    fliplr: float = 0.5
+    mosaic: float = 1.0
+    mixup: float = 0.0
+    copy_paste: float = 0.0
+
+
+Slice = TypeVar("Slice")
+
+
+def hyp_slice(kind: type[Slice], values: Mapping[str, float]) -> Slice:
+    """The part of a flat hyp mapping that `kind` holds (its defaults for keys the mapping lacks)."""
+    return kind(**{f.name: float(values[f.name]) for f in fields(kind) if f.name in values})
+
+
+@dataclass(frozen=True)
+class Hyp:
+    """A hyp file, sliced by the part of training each set of values drives; `values` as read (for hyp.yaml)."""
+
+    optimizer: OptimizerHyp
+    warmup: WarmupHyp
+    loss: LossHyp
+    augment: AugmentHyp
+    anchors: float | None  # anchors per level, evolved by `evolve` (None: the model yaml's)
+    values: Mapping[str, float]
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, float]) -> Hyp:
+        return cls(hyp_slice(OptimizerHyp, values), hyp_slice(WarmupHyp, values), hyp_slice(LossHyp, values),
+                   hyp_slice(AugmentHyp, values), values.get("anchors") or None, dict(values))
+
+
 # sized so `yolo-accel train` reaches mAP50 > 0.5 on the demo val split in under 4 minutes on 2 CPU cores:
 # with scratch-low, mAP50 is about 0.4-0.6 after 30 epochs and 0.7-0.9 after 50, depending on the seed
 DEMO_DEFAULTS = {"epochs": 50, "imgsz": 128}
@@ -100,14 +177,14 @@ class TrainConfig:
     """Every `yolo-accel train` option (YOLOv5 train.py names); written to the run folder as opt.yaml."""
 
     data: str = "demo"
-    cfg: str = ""  # model yaml; empty: the weights' own, else yolov5n
+    model: str = ""  # model yaml (YOLOv5's --cfg); empty: the weights' own, else yolov5n
     weights: str = ""
     hyp: str = "scratch-low"
     epochs: int | None = None  # None: 100, or 50 on the demo data
     batch_size: int = 16  # total over all processes; -1 = AutoBatch (CUDA)
     imgsz: int | None = None  # None: 640, or 128 on the demo data
     rect: bool = False
-    resume: str | bool = False
+    resume: str | None = None  # None: a new run; "": the latest run under project; else that run's folder
     nosave: bool = False
     noval: bool = False
     noautoanchor: bool = False
@@ -138,7 +215,7 @@ class TrainConfig:
         defaults = DEMO_DEFAULTS if self.data == "demo" else DEFAULTS
         config = replace(self, epochs=self.epochs if self.epochs is not None else defaults["epochs"],
                          imgsz=self.imgsz if self.imgsz is not None else defaults["imgsz"],
-                         cfg=self.cfg or ("" if self.weights else "yolov5n"), freeze=tuple(self.freeze))
+                         model=self.model or ("" if self.weights else "yolov5n"), freeze=tuple(self.freeze))
         checks = [
             (config.optimizer in ("SGD", "Adam", "AdamW"), f"--optimizer must be SGD, Adam or AdamW, got "
                                                            f"{config.optimizer!r}"),
@@ -159,6 +236,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> TrainConfig:
+        data = dict(data)
+        if "cfg" in data and "model" not in data:  # opt.yaml written before the field was renamed
+            data["model"] = data.pop("cfg")
+        if isinstance(data.get("resume"), bool):  # opt.yaml written when resume was a flag
+            data["resume"] = "" if data["resume"] else None
         names = {f.name for f in fields(cls)}
         check_keys(data, names, set(), source)
         if "freeze" in data and data["freeze"] is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -22,11 +21,11 @@ from torch import nn
 
 from .boxes import xywh_to_xyxy
 from .data.batch_augment import apply_hsv_batch
-from .ema import ModelEMA
 from .metrics import ConfusionMatrix, DetectionMetrics, DetectionStats, coco_iou_thresholds
 from .nms import non_max_suppression, scale_boxes
 from .optim import Warmup
 from .progress import Progress
+from .training_state import TrainingState
 
 LOGGER = logging.getLogger("yolo_accel")
 LOSS_NAMES = ("box_loss", "obj_loss", "cls_loss")
@@ -44,7 +43,7 @@ def new_accelerator(mixed_precision: str, **kwargs: Any) -> Accelerator:
     return Accelerator(mixed_precision=mixed_precision, **kwargs)
 
 
-# ------------------------------------------------------------------ validation
+# validation
 
 
 @dataclass
@@ -72,7 +71,7 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, indices: list[int], accelerator: Accelerator, nc: int,
+def evaluate(model: nn.Module, batches: Iterable, indices: list[int], accelerator: Accelerator, *, nc: int,
              criterion: Callable | None = None, conf_thres: float = 0.001, iou_thres: float = 0.6,
              max_det: int = 300, single_cls: bool = False, description: str = "val",
              show_progress: bool = True, augment: bool = False,
@@ -165,37 +164,20 @@ def format_results(result: EvalResult, names: list[str], verbose: bool = False) 
     return lines
 
 
-# ------------------------------------------------------------------ training
+# training
 
 
-@dataclass
-class LoopState:
-    """Counters that make a run resumable at any batch."""
-
-    epoch: int = 0
-    batch: int = 0  # batches of this epoch already done by this process
-    step: int = 0  # batches done since the start of training (YOLOv5's ni)
-    last_opt_step: int = -1
-    mean_loss: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    best_fitness: float = 0.0
-    best_epoch: int = 0
-
-
-@dataclass
-class TrainParts:
-    """What one epoch of training touches."""
+@dataclass(frozen=True)
+class StepPlan:
+    """What every training step follows, fixed for the run."""
 
     accelerator: Accelerator
-    model: nn.Module  # prepared (possibly DDP-wrapped)
-    optimizer: torch.optim.Optimizer  # prepared
     criterion: Callable
-    ema: ModelEMA | None
     warmup: Warmup
-    lr_factor: Callable[[int], float]
+    lr_factor: Callable[[int], float]  # epoch -> LR factor of the schedule
     imgsz: int
     grid_stride: int
     multi_scale: bool
-    rng: random.Random  # multi-scale draws; saved with the training state
     batches_per_epoch: int
 
 
@@ -207,51 +189,51 @@ def should_stop_now(accelerator: Accelerator, requested: bool) -> bool:
     return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
-def train_one_epoch(parts: TrainParts, loader: Iterable, state: LoopState, epochs: int,
+def train_one_epoch(plan: StepPlan, training: TrainingState, loader: Iterable, epochs: int,
                     stop_requested: Callable[[], bool],
                     on_batch: Callable[[int, torch.Tensor, torch.Tensor, tuple], None] | None = None,
                     show_progress: bool = True) -> bool:
-    """Train from `state.batch` to the end of the epoch; returns False if interrupted (state points at the
-    next batch to run), True when the epoch completed."""
-    accelerator, model, optimizer = parts.accelerator, parts.model, parts.optimizer
+    """Train from `training.loop.batch` to the end of the epoch; returns False if interrupted (the loop state
+    points at the next batch to run), True when the epoch completed."""
+    accelerator, model, optimizer = plan.accelerator, training.model, training.optimizer
+    state = training.loop
     device = accelerator.device
     model.train()
-    epoch_factor = parts.lr_factor(state.epoch)
+    epoch_factor = plan.lr_factor(state.epoch)
     header = ("%11s" * 7) % ("Epoch", "GPU_mem", *LOSS_NAMES, "Instances", "Size")
     if accelerator.is_main_process and show_progress:
         LOGGER.info(header)
-    bar = Progress(parts.batches_per_epoch, "", enabled=accelerator.is_main_process and show_progress)
+    bar = Progress(plan.batches_per_epoch, "", enabled=accelerator.is_main_process and show_progress)
     bar.count = state.batch
     mean_loss = torch.tensor(state.mean_loss, device=device)
     for images, targets, paths, _, hsv_gains in loader:
         step = state.step
-        parts.warmup.apply(optimizer, step, epoch_factor)
-        accumulate = parts.warmup.accumulate(step)
+        plan.warmup.apply(optimizer, step, epoch_factor)
+        accumulate = plan.warmup.accumulate(step)
         images = images.to(device, non_blocking=True)
         if hsv_gains is not None:  # the colour augmentation left to the device (see YoloDataset.hsv_on_device)
             images = apply_hsv_batch(images, hsv_gains)
         images = (images.float() / 255).contiguous(memory_format=torch.channels_last)
-        if parts.multi_scale:
-            size = parts.rng.randrange(int(parts.imgsz * 0.5), int(parts.imgsz * 1.5) + parts.grid_stride)
-            size = size // parts.grid_stride * parts.grid_stride
+        if plan.multi_scale:
+            size = training.rng.randrange(int(plan.imgsz * 0.5), int(plan.imgsz * 1.5) + plan.grid_stride)
+            size = size // plan.grid_stride * plan.grid_stride
             factor = size / max(images.shape[2:])
             if factor != 1:
-                new_shape = [math.ceil(x * factor / parts.grid_stride) * parts.grid_stride for x in images.shape[2:]]
+                new_shape = [math.ceil(x * factor / plan.grid_stride) * plan.grid_stride for x in images.shape[2:]]
                 images = F.interpolate(images, size=new_shape, mode="bilinear", align_corners=False)
 
         will_step = step - state.last_opt_step >= accumulate
         sync = accelerator.no_sync(model) if not will_step and accelerator.num_processes > 1 else nullcontext()
         with sync:
             predictions = model(images)
-            loss, loss_items = parts.criterion([p.float() for p in predictions], targets.to(device))
+            loss, loss_items = plan.criterion([p.float() for p in predictions], targets.to(device))
             # yolov5 parity: DDP averages gradients over processes; YOLOv5 multiplies the loss back
             accelerator.backward(loss * accelerator.num_processes)
         if will_step:
             accelerator.clip_grad_norm_(model.parameters(), max_norm=10.0)
             optimizer.step()
             optimizer.zero_grad()
-            if parts.ema is not None:
-                parts.ema.update(accelerator.unwrap_model(model))
+            training.ema.update(training.unwrapped)
             state.last_opt_step = step
 
         i = state.batch

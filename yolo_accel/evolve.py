@@ -27,10 +27,10 @@ import yaml
 from .config import TrainConfig, load_hyp
 from .files import atomic_write, increment_path
 from .metrics import fitness
+from .results import METRIC_COLUMNS, read_results
 
 LOGGER = logging.getLogger("yolo_accel")
-RESULT_KEYS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss",
-               "val/obj_loss", "val/cls_loss")
+RESULT_KEYS = METRIC_COLUMNS
 # (mutation gain, lower bound, upper bound) per hyperparameter, YOLOv5 v7.0's; gain 0 keeps it fixed
 BOUNDS = {
     "lr0": (1, 1e-5, 1e-1), "lrf": (1, 0.01, 1.0), "momentum": (0.3, 0.6, 0.98), "weight_decay": (1, 0.0, 0.001),
@@ -146,13 +146,13 @@ def update_claims(path: Path, add: str | None = None, remove: str | None = None)
 
 def train_candidate(config: TrainConfig, hyp: dict[str, float]) -> tuple[float, ...]:
     """Train one candidate (validation and saving only at its last epoch); its 7 result columns."""
-    from .train import read_results, train
+    from .train import train
 
     with tempfile.TemporaryDirectory(prefix="yolo-accel-evolve-") as work:
         hyp_file = Path(work) / "hyp.yaml"
         hyp_file.write_text(yaml.safe_dump(hyp, sort_keys=False))
         run = train(replace(config, hyp=str(hyp_file), project=work, name="candidate", noval=True, nosave=True,
-                            noplots=True, resume=False, exist_ok=True))
+                            noplots=True, resume=None, exist_ok=True))
         last = read_results(run / "results.csv")[-1]
     return tuple(last[k] for k in RESULT_KEYS)
 

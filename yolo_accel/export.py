@@ -65,7 +65,7 @@ def check_onnx(path: Path, images: torch.Tensor, expected: torch.Tensor, size: i
 
 
 @torch.no_grad()
-def export(weights: str, include: tuple[str, ...] = FORMATS, imgsz: int = 640, batch_size: int = 1, opset: int = 17,
+def export(weights: str, *, include: tuple[str, ...] = FORMATS, imgsz: int = 640, batch_size: int = 1, opset: int = 17,
            dynamic: bool = False, half: bool = False, simplify: bool = False, device: str = "") -> list[Path]:
     """Write the requested formats next to `weights`; each is run once on a random image and compared with
     PyTorch's output (boxes in image units, scores as they are)."""

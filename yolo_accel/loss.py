@@ -8,14 +8,15 @@ maps (B, na, H, W, 5 + nc): xy offsets, wh, objectness and class logits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yolo_accel.boxes import bbox_iou
+from .boxes import bbox_iou
+from .config import LossHyp
 
 LEVEL_BALANCE_P5 = (4.0, 1.0, 0.4)  # objectness weight per level, P3-P5: small-object levels count more
 LEVEL_BALANCE_OTHER = (4.0, 1.0, 0.25, 0.06, 0.02)  # P3-P7, used for any model without exactly 3 levels
@@ -23,17 +24,14 @@ NEIGHBOUR_BIAS = 0.5  # a centre within this fraction of a cell's edge also clai
 FOCAL_ALPHA = 0.25
 
 
-def scale_loss_gains(hyp: Mapping[str, float], num_levels: int, nc: int, imgsz: int) -> dict:
-    """A copy of `hyp` with the box/cls/obj gains rescaled as YOLOv5's train.py does before building the loss.
+def scale_loss_gains(gains: LossHyp, num_levels: int, nc: int, imgsz: int) -> LossHyp:
+    """The box/cls/obj gains rescaled as YOLOv5's train.py does before building the loss.
 
     The hyp files are tuned for 3 levels, 80 classes and 640 px images; the gains follow the number of levels,
     the number of classes (cls) and the image area (obj).
     """
-    scaled = dict(hyp)
-    scaled["box"] = hyp["box"] * 3 / num_levels
-    scaled["cls"] = hyp["cls"] * nc / 80 * 3 / num_levels
-    scaled["obj"] = hyp["obj"] * (imgsz / 640) ** 2 * 3 / num_levels
-    return scaled
+    return replace(gains, box=gains.box * 3 / num_levels, cls=gains.cls * nc / 80 * 3 / num_levels,
+                   obj=gains.obj * (imgsz / 640) ** 2 * 3 / num_levels)
 
 
 @dataclass
@@ -133,21 +131,20 @@ class DetectionLoss(nn.Module):
     Its tensors follow `.to(device)`, and are moved to the predictions' device at call time otherwise.
     """
 
-    def __init__(self, anchors: torch.Tensor, strides: Sequence[float] | torch.Tensor, nc: int,
-                 hyp: Mapping[str, float], autobalance: bool = False):
-        """anchors: (nl, na, 2) in grid units of each level; strides: (nl,) pixels per cell;
-        hyp: box, cls, obj gains (already scaled, see `scale_loss_gains`), cls_pw, obj_pw, anchor_t, fl_gamma
-        and optionally label_smoothing."""
+    def __init__(self, anchors: torch.Tensor, strides: Sequence[float] | torch.Tensor, nc: int, gains: LossHyp,
+                 autobalance: bool = False):
+        """anchors: (nl, na, 2) in grid units of each level; strides: (nl,) pixels per cell; gains: box, cls and obj
+        already scaled (see `scale_loss_gains`), cls_pw, obj_pw, anchor_t, fl_gamma, label_smoothing."""
         super().__init__()
         self.register_buffer("anchors", anchors.detach().clone().float(), persistent=False)
-        self.register_buffer("cls_pos_weight", torch.tensor([float(hyp["cls_pw"])]), persistent=False)
-        self.register_buffer("obj_pos_weight", torch.tensor([float(hyp["obj_pw"])]), persistent=False)
+        self.register_buffer("cls_pos_weight", torch.tensor([gains.cls_pw]), persistent=False)
+        self.register_buffer("obj_pos_weight", torch.tensor([gains.obj_pw]), persistent=False)
         self.strides = [float(s) for s in strides]
         self.nl, self.na, self.nc = self.anchors.shape[0], self.anchors.shape[1], nc
-        self.box_gain, self.obj_gain, self.cls_gain = float(hyp["box"]), float(hyp["obj"]), float(hyp["cls"])
-        self.anchor_t = float(hyp["anchor_t"])
-        self.focal_gamma = float(hyp["fl_gamma"])
-        smoothing = float(hyp.get("label_smoothing", 0.0))
+        self.box_gain, self.obj_gain, self.cls_gain = gains.box, gains.obj, gains.cls
+        self.anchor_t = gains.anchor_t
+        self.focal_gamma = gains.fl_gamma
+        smoothing = gains.label_smoothing
         self.class_positive, self.class_negative = 1.0 - 0.5 * smoothing, 0.5 * smoothing
         self.balance = list(LEVEL_BALANCE_P5 if self.nl == 3 else LEVEL_BALANCE_OTHER[:self.nl])
         self.autobalance = autobalance
@@ -155,9 +152,9 @@ class DetectionLoss(nn.Module):
         self.reference_level = self.strides.index(16.0) if autobalance else 0
 
     @classmethod
-    def from_detect(cls, detect: nn.Module, hyp: Mapping[str, float], autobalance: bool = False) -> DetectionLoss:
+    def from_detect(cls, detect: nn.Module, gains: LossHyp, autobalance: bool = False) -> DetectionLoss:
         """Build from a Detect head (take it from the unwrapped model: `model.model[-1]`)."""
-        return cls(detect.anchors, detect.stride.tolist(), detect.nc, hyp, autobalance)
+        return cls(detect.anchors, detect.stride.tolist(), detect.nc, gains, autobalance)
 
     def set_anchors(self, anchors: torch.Tensor) -> None:
         """Replace the anchors (nl, na, 2), grid units, e.g. with `detect.anchors` after AutoAnchor."""

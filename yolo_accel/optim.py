@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import WarmupHyp
+
 NOMINAL_BATCH = 64  # YOLOv5 accumulates gradients up to this many images per optimizer step
 
 
@@ -73,9 +75,10 @@ class Warmup:
     batch_size: int
 
     @classmethod
-    def plan(cls, hyp: dict, batches_per_epoch: int, batch_size: int) -> Warmup:
-        batches = max(round(hyp["warmup_epochs"] * batches_per_epoch), 100) if hyp["warmup_epochs"] > 0 else 0
-        return cls(batches, hyp["warmup_bias_lr"], hyp["warmup_momentum"], hyp["momentum"], batch_size)
+    def plan(cls, warmup: WarmupHyp, momentum: float, batches_per_epoch: int, batch_size: int) -> Warmup:
+        """Over max(warmup_epochs of batches, 100) batches (none if warmup_epochs is 0), to `momentum`."""
+        batches = max(round(warmup.warmup_epochs * batches_per_epoch), 100) if warmup.warmup_epochs > 0 else 0
+        return cls(batches, warmup.warmup_bias_lr, warmup.warmup_momentum, momentum, batch_size)
 
     def accumulate(self, step: int) -> int:
         """Batches per optimizer step at global batch `step`."""

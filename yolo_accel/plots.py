@@ -10,17 +10,14 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display; must precede the pyplot import
-
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure  # figures without pyplot: no global backend, no display, nothing to close
 from PIL import Image, ImageDraw, ImageFont
 
+from .draw import class_colour
 from .metrics import ClassMetrics, smooth
-from .predict import class_colour
+from .results import read_results
 
 # results.png panels in YOLOv5's order: train losses, P, R on top; val losses, mAPs below
 RESULT_PANELS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
@@ -39,11 +36,17 @@ def _rgb(index: int) -> tuple[float, float, float]:
     return tuple(c / 255 for c in class_colour(index))
 
 
-def _save(fig: plt.Figure, path: Path, dpi: int) -> Path:
+def _subplots(rows: int, columns: int, figsize: tuple[float, float], tight_layout: bool = False,
+              squeeze: bool = True):
+    """(figure, axes) as pyplot.subplots makes them, on a Figure of its own (rendered by Agg when saved)."""
+    fig = Figure(figsize=figsize, tight_layout=tight_layout)
+    return fig, fig.subplots(rows, columns, squeeze=squeeze)
+
+
+def _save(fig: Figure, path: Path, dpi: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return path
 
 
@@ -62,12 +65,11 @@ def gaussian_smooth(values: np.ndarray, sigma: float = 3.0) -> np.ndarray:
 
 def plot_results(results_csv: Path) -> Path:
     """results.png beside results_csv: the ten loss and metric columns against epoch, each with a smoothed line."""
-    from .train import read_results  # lazy: train may import this module
 
     results_csv = Path(results_csv)
     rows = read_results(results_csv)
     epochs = np.array([row.get("epoch", i) for i, row in enumerate(rows)], dtype=float)
-    fig, axes = plt.subplots(2, 5, figsize=(12, 6), tight_layout=True)
+    fig, axes = _subplots(2, 5, figsize=(12, 6), tight_layout=True)
     for ax, column in zip(axes.ravel(), RESULT_PANELS):
         values = np.array([row.get(column, np.nan) for row in rows], dtype=float)
         ax.set_title(column, fontsize=12)
@@ -90,7 +92,7 @@ def plot_labels(labels: list[np.ndarray], names: list[str], save_dir: Path) -> P
     nc = max(len(names), int(classes.max()) + 1 if len(classes) else 0, 1)
     counts = np.bincount(classes, minlength=nc)
 
-    fig, axes = plt.subplots(2, 2, figsize=(8, 8), tight_layout=True)
+    fig, axes = _subplots(2, 2, figsize=(8, 8), tight_layout=True)
     axes = axes.ravel()
     bars = axes[0].bar(range(nc), counts, color=[_rgb(c) for c in range(nc)], width=0.8)
     axes[0].set_ylabel("instances")
@@ -211,7 +213,7 @@ def plot_curves(curve_x: np.ndarray, curves: np.ndarray, names: list[str], class
     curve_x: (1000,) confidence; curves: (k, 1000) for the k classes `classes` (indices into names).
     """
     curves = np.asarray(curves, dtype=float).reshape(-1, len(curve_x))
-    fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
+    fig, ax = _subplots(1, 1, figsize=(9, 6), tight_layout=True)
     labelled = 0 < len(curves) <= MAX_CURVE_LEGEND
     for row, cls in zip(curves, classes):
         if labelled:
@@ -241,7 +243,7 @@ def plot_pr_curve(recall_x: np.ndarray, pr: np.ndarray, ap50: np.ndarray, names:
     """
     pr = np.asarray(pr, dtype=float).reshape(-1, len(recall_x))
     ap50 = np.asarray(ap50, dtype=float).reshape(-1)
-    fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
+    fig, ax = _subplots(1, 1, figsize=(9, 6), tight_layout=True)
     labelled = 0 < len(pr) <= MAX_CURVE_LEGEND
     for row, ap, cls in zip(pr, ap50, classes):
         if labelled:
@@ -283,7 +285,7 @@ def plot_confusion_matrix(matrix: np.ndarray, names: list[str], path: Path, norm
     values = matrix / (matrix.sum(0, keepdims=True) + 1e-9) if normalize else matrix.copy()
     values[values < 0.005] = np.nan  # yolov5 parity: near-empty cells are left blank
 
-    fig, ax = plt.subplots(1, 1, figsize=(12, 9), tight_layout=True)
+    fig, ax = _subplots(1, 1, figsize=(12, 9), tight_layout=True)
     image = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     if 0 < len(names) < 99 and len(names) == nc:
@@ -312,7 +314,7 @@ def plot_evolve(evolve_csv: Path, header: list[str], rows: np.ndarray) -> Path:
     best = int(np.argmax(scores))
     columns = min(5, max(1, len(keys)))
     grid_rows = max(1, -(-len(keys) // columns))
-    fig, axes = plt.subplots(grid_rows, columns, figsize=(3.2 * columns, 2.6 * grid_rows), squeeze=False)
+    fig, axes = _subplots(grid_rows, columns, figsize=(3.2 * columns, 2.6 * grid_rows), squeeze=False)
     for ax, (j, key) in zip(axes.ravel(), enumerate(keys, start=7)):
         ax.scatter(rows[:, j], scores, c=scores, cmap="viridis", s=18, alpha=0.8, edgecolors="none")
         ax.plot(rows[best, j], scores[best], "k+", markersize=14)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import colorsys
 import logging
 import time
 from dataclasses import dataclass
@@ -10,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from .boxes import xyxy_to_xywhn
 from .checkpoint import load_model
@@ -18,6 +16,7 @@ from .config import ConfigError
 from .data.augment import letterbox
 from .data.images import open_image, read_for_size
 from .data.sources import IMAGE_FORMATS, expand_entry, only_images
+from .draw import annotate
 from .files import child_path, increment_path
 from .model.yolo import DetectionModel
 from .nms import non_max_suppression, scale_boxes
@@ -65,36 +64,8 @@ def label_rows(boxes_xyxy: torch.Tensor, scores: torch.Tensor, classes: torch.Te
     return "".join(rows)
 
 
-def class_colour(index: int) -> tuple[int, int, int]:
-    """Distinct, stable colours: hues spaced by the golden ratio."""
-    r, g, b = colorsys.hsv_to_rgb((index * 0.618033988749895) % 1.0, 0.85, 0.95)
-    return int(r * 255), int(g * 255), int(b * 255)
-
-
-def annotate(image: Image.Image, detections: Detections, line_thickness: int = 3, hide_labels: bool = False,
-             hide_conf: bool = False) -> Image.Image:
-    """Boxes in class colours with 'name conf' tags, drawn with Pillow's built-in font (nothing downloaded)."""
-    image = image.copy()
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=max(10, line_thickness * 4))
-    for box, score, cls in zip(detections.boxes_xyxy.tolist(), detections.scores.tolist(),
-                               detections.classes.int().tolist()):
-        colour = class_colour(cls)
-        draw.rectangle(box, outline=colour, width=line_thickness)
-        if hide_labels:
-            continue
-        text = detections.names[cls] if hide_conf else f"{detections.names[cls]} {score:.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        w, h = right - left, bottom - top + 4
-        x = max(0, min(box[0], image.width - w - 4))  # keep the tag inside the image
-        y = box[1] - h if box[1] - h >= 0 else box[1]
-        draw.rectangle((x, y, x + w + 4, y + h), fill=colour)
-        draw.text((x + 2, y + 1), text, fill=(255, 255, 255), font=font)
-    return image
-
-
 @torch.no_grad()
-def predict(model: DetectionModel, paths: list[Path], imgsz: int = 640, conf_thres: float = 0.25,
+def predict(model: DetectionModel, paths: list[Path], *, imgsz: int = 640, conf_thres: float = 0.25,
             iou_thres: float = 0.45, max_det: int = 1000, classes: list[int] | None = None, agnostic: bool = False,
             batch_size: int = 16, half: bool = False) -> list[Detections]:
     """Letterbox to imgsz, run `model` (eval, on its device) in batches, NMS, and map boxes to original pixels."""
@@ -126,7 +97,7 @@ def predict(model: DetectionModel, paths: list[Path], imgsz: int = 640, conf_thr
     return results
 
 
-def detect(source: str, weights: str, imgsz: int = 640, conf_thres: float = 0.25, iou_thres: float = 0.45,
+def detect(source: str, weights: str, *, imgsz: int = 640, conf_thres: float = 0.25, iou_thres: float = 0.45,
            max_det: int = 1000, classes: list[int] | None = None, agnostic_nms: bool = False, save_txt: bool = False,
            save_conf: bool = False, save_crop: bool = False, nosave: bool = False, line_thickness: int = 3,
            hide_labels: bool = False, hide_conf: bool = False, half: bool = False, project: str = "runs/detect",
@@ -137,7 +108,8 @@ def detect(source: str, weights: str, imgsz: int = 640, conf_thres: float = 0.25
     model = load_model(weights, device=target).eval().fuse()
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     start = time.perf_counter()
-    results = predict(model, paths, imgsz, conf_thres, iou_thres, max_det, classes, agnostic_nms, batch_size, half)
+    results = predict(model, paths, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
+                      classes=classes, agnostic=agnostic_nms, batch_size=batch_size, half=half)
     per_image_ms = (time.perf_counter() - start) / len(paths) * 1e3
     for i, det in enumerate(results, 1):
         height, width = det.shape
@@ -155,7 +127,8 @@ def detect(source: str, weights: str, imgsz: int = 640, conf_thres: float = 0.25
                 folder.mkdir(parents=True, exist_ok=True)
                 image.crop(tuple(round(v) for v in box)).save(folder / f"{det.path.stem}_{j}.jpg")
         if not nosave:
-            annotate(image, det, line_thickness, hide_labels, hide_conf).save(save_dir / det.path.name)
+            annotate(image, det.boxes_xyxy, det.scores, det.classes, det.names, line_thickness=line_thickness,
+                     hide_labels=hide_labels, hide_conf=hide_conf).save(save_dir / det.path.name)
     LOGGER.info(f"Speed: {per_image_ms:.1f}ms per image (load, pre-process, inference, NMS) at {imgsz} px")
     LOGGER.info(f"Results saved to {save_dir}")
     return save_dir

@@ -9,7 +9,8 @@ Layout of a run's `state/` folder:
     000001234/rng_{rank}.safetensors + rng_{rank}.json   every process's random generators
     000001234/grads_{rank}.safetensors  gradients accumulated since the last optimizer step (mid-epoch saves)
 A snapshot folder is written under a temporary name and renamed into place before latest.json points at it,
-so a kill at any moment leaves the previous snapshot intact.
+so a kill at any moment leaves the previous snapshot intact. What goes in is a TrainingState.state_dict() plus each
+process's generators and pending gradients; read_snapshot gives back what TrainingState.load_state_dict takes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from .files import atomic_write
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: best fitness kept once (early stopping's); the schedule's planned epochs
 
 
 class StateError(RuntimeError):
@@ -98,11 +100,20 @@ def snapshot_name(step: int) -> str:
     return f"{step:09d}"
 
 
-def begin_snapshot(folder: Path, step: int) -> Path:
-    """The temporary folder a snapshot is written into (every process may write its RNG files there)."""
+def save_snapshot(folder: Path, step: int, rank: int, state: Callable[[], dict[str, Any]] | None,
+                  python_rng: random.Random, pending_grads: dict[str, torch.Tensor],
+                  barrier: Callable[[], None]) -> None:
+    """Write one snapshot from every process: each its generators and pending gradients, the main process (the one
+    given `state`, a TrainingState.state_dict) the rest, then make it the latest. `barrier` waits for all."""
     tmp = folder / f".{snapshot_name(step)}.partial"
     tmp.mkdir(parents=True, exist_ok=True)
-    return tmp
+    barrier()
+    write_rank_files(tmp, rank, python_rng, pending_grads)
+    barrier()
+    if state is not None:
+        write_main_files(tmp, state())
+        commit_snapshot(folder, tmp, step)
+    barrier()
 
 
 def write_rank_files(tmp: Path, rank: int, python_rng: random.Random,
@@ -116,15 +127,15 @@ def write_rank_files(tmp: Path, rank: int, python_rng: random.Random,
                   str(tmp / f"grads_{rank}.safetensors"))
 
 
-def write_main_files(tmp: Path, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None,
-                     optimizer: dict, trainer: dict) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"))
-    if ema is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-    tensors, meta = optimizer_to_files(optimizer)
+def write_main_files(tmp: Path, state: dict[str, Any]) -> None:
+    """model, ema, optimizer and trainer files of a TrainingState.state_dict()."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in state["model"].items()}, str(tmp / "model.safetensors"))
+    if state.get("ema") is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state["ema"].items()}, str(tmp / "ema.safetensors"))
+    tensors, meta = optimizer_to_files(state["optimizer"])
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta))
-    (tmp / "trainer.json").write_text(json.dumps({"version": STATE_VERSION, **trainer}, indent=1))
+    (tmp / "trainer.json").write_text(json.dumps({"version": STATE_VERSION, **state["trainer"]}, indent=1))
 
 
 def commit_snapshot(folder: Path, tmp: Path, step: int) -> Path:
@@ -152,11 +163,26 @@ def latest_snapshot(folder: Path) -> Path:
     return snapshot
 
 
+def upgrade_trainer(trainer: dict[str, Any], source: Path) -> dict[str, Any]:
+    """trainer.json of an older state version in today's form (or StateError if it cannot be)."""
+    version = trainer.get("version", 0)
+    if version > STATE_VERSION:
+        raise StateError(f"{source}: written by a newer yolo-accel (state version {version}, this one reads up to "
+                         f"{STATE_VERSION}); upgrade yolo-accel")
+    if version < 1 or not {"loop", "scheduler", "stopper"} <= set(trainer):
+        raise StateError(f"{source}: made by an older version of yolo-accel (state version {version}) that this "
+                         f"one cannot resume; start a new run (its weights load with --weights)")
+    if version == 1:  # best fitness was also kept in the loop counters; the planned epochs in the config copy
+        trainer = {**trainer, "loop": {k: v for k, v in trainer["loop"].items()
+                                       if k not in ("best_fitness", "best_epoch")},
+                   "planned_epochs": trainer["config"]["epochs"]}
+    return trainer
+
+
 def read_snapshot(snapshot: Path) -> dict[str, Any]:
-    """Everything a resume needs except the RNG files (read per process with read_rank_files)."""
-    trainer = json.loads((snapshot / "trainer.json").read_text())
-    if trainer.get("version", 0) > STATE_VERSION:
-        raise StateError(f"{snapshot}: written by a newer yolo-accel (state version {trainer['version']})")
+    """A TrainingState.state_dict() as saved (RNG and gradient files are read per process: read_rank_files,
+    read_pending_grads)."""
+    trainer = upgrade_trainer(json.loads((snapshot / "trainer.json").read_text()), snapshot / "trainer.json")
     ema_file = snapshot / "ema.safetensors"
     return {
         "trainer": trainer,

@@ -1,13 +1,18 @@
-"""train(cfg): build everything, prepare it with Accelerate, resume if asked, run the epochs, save."""
+"""train(config): a training run as named phases around one TrainingState.
+
+    prepare_run -> build_training_model -> build_data -> fit_anchors -> build_training_state -> restore (resuming)
+    -> start -> for each epoch: train_one_epoch, end_epoch -> finish
+"""
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import logging
 import math
 import os
 import random
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -19,27 +24,27 @@ import yaml
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_list, set_seed
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+from torch.utils.data import DataLoader
 
-from . import state as state_files
-from .checkpoint import load_state_dict_checked, read_any_weights, save_weights, transfer_weights
-from .config import ConfigError, TrainConfig, load_hyp, read_yaml
+from .checkpoint import check_state_dict, read_any_weights, save_weights, transfer_weights
+from .config import ConfigError, Hyp, TrainConfig, load_hyp, read_yaml
 from .data.dataset import YoloDataset, check_labels, labels_to_class_weights, labels_to_image_weights
 from .data.labels import scan_labels
-from .data.loader import build_dataloader, collate, init_worker
-from .data.sources import list_images, load_data_config
+from .data.loader import EpochSampler, build_dataloader
+from .data.sources import DataConfig, list_images, load_data_config
 from .ema import ModelEMA
-from .engine import EvalResult, LoopState, TrainParts, evaluate, format_results, new_accelerator, train_one_epoch
+from .engine import StepPlan, evaluate, format_results, new_accelerator, train_one_epoch
 from .files import atomic_write, increment_path
 from .loss import DetectionLoss, scale_loss_gains
 from .metrics import fitness
 from .model.yolo import DetectionModel, build_model
 from .optim import Warmup, build_optimizer, lr_lambda, scaled_weight_decay
+from .results import RESULT_COLUMNS, append_results, drop_results_from
+from .state import latest_snapshot, read_pending_grads, read_rank_files, read_snapshot, save_snapshot
+from .training_state import EarlyStopping, TrainingState
+from .val import build_val_batches, validate_best
 
 LOGGER = logging.getLogger("yolo_accel")
-RESULT_COLUMNS = ["train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
-                  "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
-                  "x/lr0", "x/lr1", "x/lr2"]
 
 
 class TrainingInterrupted(Exception):
@@ -69,26 +74,6 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-class EarlyStopping:
-    """Stop when fitness has not improved for `patience` epochs (YOLOv5's rule)."""
-
-    def __init__(self, patience: int = 30, best_fitness: float = 0.0, best_epoch: int = 0):
-        self.patience = patience if patience > 0 else math.inf
-        self.best_fitness, self.best_epoch = best_fitness, best_epoch
-        self.possible_stop = False
-
-    def __call__(self, epoch: int, fitness_value: float) -> bool:
-        if fitness_value >= self.best_fitness:
-            self.best_epoch, self.best_fitness = epoch, fitness_value
-        delta = epoch - self.best_epoch
-        self.possible_stop = delta >= (self.patience - 1)
-        stop = delta >= self.patience
-        if stop:
-            LOGGER.info(f"Stopping training early as no improvement observed in last {self.patience} epochs. "
-                        f"Best results observed at epoch {self.best_epoch}; best model saved as best.safetensors.")
-        return stop
-
-
 @dataclass
 class RunPaths:
     save_dir: Path
@@ -106,9 +91,9 @@ class RunPaths:
         return self.save_dir / "results.csv"
 
 
-def find_resume_run(resume: str | bool, project: str) -> Path:
-    """The run folder to resume: a given run/state path, or the most recently saved run under `project`."""
-    if isinstance(resume, str) and resume not in ("", "True", "true"):
+def find_resume_run(resume: str, project: str) -> Path:
+    """The run folder to resume: a given run/state path, or ("") the most recently saved run under `project`."""
+    if resume:
         path = Path(resume)
         for candidate in (path, path.parent, path.parent.parent):
             if (candidate / "opt.yaml").is_file() and (candidate / "state").is_dir():
@@ -118,41 +103,6 @@ def find_resume_run(resume: str | bool, project: str) -> Path:
     if not pointers:
         raise ConfigError(f"--resume: no resumable run found under {project}/ (pass --resume PATH)")
     return pointers[-1].parent.parent
-
-
-def append_results(path: Path, epoch: int, values: list[float]) -> None:
-    """results.csv with YOLOv5's columns and its fixed-width layout."""
-    header = "" if path.exists() else ",".join(f"{k:>20}" for k in ["epoch", *RESULT_COLUMNS]) + "\n"
-    row = ",".join(f"{v:>20.5g}" for v in [epoch, *values]) + "\n"
-    with open(path, "a") as f:
-        f.write(header + row)
-
-
-def drop_results_from(path: Path, epoch: int) -> None:
-    """Forget rows for `epoch` and later (and a row cut short): a run killed after writing a row but before its
-    state snapshot redoes that epoch."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    columns = lines[0].count(",") if lines else 0
-
-    def earlier(line: str) -> bool:
-        fields = line.split(",")
-        try:
-            return line.endswith("\n") and len(fields) == columns + 1 and float(fields[0]) < epoch
-        except ValueError:
-            return False
-
-    kept = lines[:1] + [line for line in lines[1:] if earlier(line)]
-    if len(kept) != len(lines):
-        atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
-
-
-def read_results(path: Path) -> list[dict[str, float]]:
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return [{k.strip(): float(v) for k, v in row.items()} for row in csv.DictReader(f, skipinitialspace=True)]
 
 
 def cpu_has_bf16() -> bool:
@@ -194,96 +144,166 @@ def check_amp(model: DetectionModel, device: torch.device, imgsz: int, dtype: to
     return ok
 
 
-def build_val_batches(dataset: YoloDataset, batch_size: int, workers: int, rank: int, world: int
-                      ) -> tuple[DataLoader, list[int]]:
-    """This process's part of every validation batch, and the dataset indices it will see.
+@dataclass
+class Run:
+    """What every phase reads: the resolved options, hyperparameters, dataset, accelerator and run folder."""
 
-    `batch_size` is the total over processes, the size `dataset` planned its rectangular shapes for; each batch is
-    split into `world` contiguous parts, so every image gets the same letterbox whatever the process count and
-    the gathered metrics equal a single-process run's exactly. No padding samples are added.
-    """
-    batches = []
-    for batch in BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False):
-        part = math.ceil(len(batch) / world)
-        if batch[rank * part:(rank + 1) * part]:
-            batches.append(batch[rank * part:(rank + 1) * part])
-    num_workers = min(workers, os.cpu_count() or 1, max(len(batches), 1))
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
-                        persistent_workers=num_workers > 0,  # training validates every epoch: fork once
-                        worker_init_fn=init_worker)
-    return loader, [i for batch in batches for i in batch]
+    config: TrainConfig
+    resuming: bool
+    accelerator: Accelerator
+    paths: RunPaths
+    hyp: Hyp
+    data: DataConfig
+    nc: int
+    names: list[str]
+    trackers: list[str]
+
+    @property
+    def plots(self) -> bool:
+        return not self.config.noplots and self.accelerator.is_main_process
 
 
-def train(cfg: TrainConfig) -> Path:
+@dataclass
+class Data:
+    """The datasets and loaders of a run, at the sizes it trains with."""
+
+    imgsz: int
+    grid_stride: int
+    batch_size: int  # total over processes
+    train_set: YoloDataset
+    train_loader: DataLoader
+    sampler: EpochSampler
+    val_loader: DataLoader
+    val_indices: list[int]  # the validation images this process sees, in order
+    class_weights: np.ndarray  # (nc,) inverse class frequencies x nc, for --image-weights
+
+
+def train(config: TrainConfig) -> Path:
     """Train as `yolo-accel train` does; returns the run folder, or raises TrainingInterrupted after saving the
     state when stopped by SIGINT/SIGTERM."""
-    resuming = bool(cfg.resume)
+    with process_settings_kept():
+        run = prepare_run(config)
+        model = build_training_model(run)
+        data = build_data(run, model)
+        fit_anchors(run, model, data)
+        training, plan = build_training_state(run, model, data)
+        if run.resuming:
+            restore(run, training, plan)
+        start(run, data)
+        interrupted = False
+        with StopRequest() as stop_request:
+            while training.loop.epoch < run.config.epochs:
+                epoch = training.loop.epoch
+                if run.config.image_weights:
+                    weights = data.class_weights * (1 - training.maps) ** 2 / run.nc
+                    data.sampler.set_weights(labels_to_image_weights(data.train_set.labels, run.nc, weights))
+                loader = data.train_loader
+                if training.loop.batch:
+                    loader = run.accelerator.skip_first_batches(data.train_loader, training.loop.batch)
+                loader.set_epoch(epoch)
+                on_batch = plot_train_batch(run) if run.plots and epoch == 0 else None
+                if not train_one_epoch(plan, training, loader, run.config.epochs, lambda: stop_request.requested,
+                                       on_batch=on_batch):
+                    interrupted = True
+                    save_state(run, training)
+                    break
+                if end_epoch(run, training, data, plan):
+                    break
+        finish(run, training, data, plan, interrupted)
+    if interrupted:
+        raise TrainingInterrupted(run.paths.save_dir)
+    return run.paths.save_dir
+
+
+@contextlib.contextmanager
+def process_settings_kept() -> Iterator[None]:
+    """Training switches torch to deterministic algorithms; put process-wide settings back when it returns."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+
+def prepare_run(config: TrainConfig) -> Run:
+    """Resolve the options (a resumed run's own), choose the precision, form the process group, make the run
+    folder, seed every generator, read the hyperparameters and the dataset yaml."""
+    resuming = config.resume is not None
     if resuming:
-        run = find_resume_run(cfg.resume, cfg.project)
-        saved = TrainConfig.from_dict(read_yaml(run / "opt.yaml"), str(run / "opt.yaml"))
-        extend = cfg.epochs is not None and cfg.epochs != saved.epochs
-        cfg = replace(saved, resume=str(run), epochs=cfg.epochs if extend else saved.epochs).resolved()
+        folder = find_resume_run(config.resume, config.project)
+        saved = TrainConfig.from_dict(read_yaml(folder / "opt.yaml"), str(folder / "opt.yaml"))
+        extend = config.epochs is not None and config.epochs != saved.epochs
+        config = replace(saved, resume=str(folder), epochs=config.epochs if extend else saved.epochs).resolved()
         if extend:
-            LOGGER.info(f"Resuming {run} with --epochs {cfg.epochs} (was {saved.epochs}): the learning-rate "
-                        f"schedule is re-planned over {cfg.epochs} epochs")
+            LOGGER.info(f"Resuming {folder} with --epochs {config.epochs} (was {saved.epochs}): the learning-rate "
+                        f"schedule is re-planned over {config.epochs} epochs")
     else:
-        cfg = cfg.resolved()
+        config = config.resolved()
     # without CUDA, Accelerate needs cpu=True to form a multi-process (gloo) group from `accelerate launch`
-    use_cpu = cfg.device == "cpu" or not torch.cuda.is_available()
-    mixed_precision = choose_mixed_precision(cfg.mixed_precision, use_cpu)
+    use_cpu = config.device == "cpu" or not torch.cuda.is_available()
+    mixed_precision = choose_mixed_precision(config.mixed_precision, use_cpu)
     if mixed_precision in ("fp16", "bf16"):
         device = torch.device("cpu") if use_cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
         if device.type == "cpu" and dtype == torch.float16:
             raise ConfigError("--mixed-precision fp16 needs a CUDA device; use bf16 (or no) on CPU")
-        if not check_amp(build_model(cfg.cfg or "yolov5n"), device, cfg.imgsz, dtype):
+        if not check_amp(build_model(config.model or "yolov5n"), device, config.imgsz, dtype):
             mixed_precision = "no"
-    if cfg.batch_size == -1 and use_cpu:
+    if config.batch_size == -1 and use_cpu:
         raise ConfigError("--batch-size -1 (AutoBatch) needs a CUDA device; pass a batch size instead")
-    if cfg.sync_bn and use_cpu:
+    if config.sync_bn and use_cpu:
         raise ConfigError("--sync-bn needs CUDA processes (PyTorch's SyncBatchNorm is GPU-only); drop it on CPU")
     process = PartialState(cpu=use_cpu)  # the process group, before the run folder every rank must agree on
     if resuming:
-        save_dir = run
+        save_dir = Path(config.resume)
     else:
         save_dir = None
         if process.is_main_process:
-            save_dir = increment_path(Path(cfg.project) / cfg.name, exist_ok=cfg.exist_ok, mkdir=True)
+            save_dir = increment_path(Path(config.project) / config.name, exist_ok=config.exist_ok, mkdir=True)
         save_dir = Path(broadcast_object_list([save_dir])[0])
-    paths = RunPaths(save_dir)
-    trackers = [] if cfg.log_with == "none" else ["wandb", "tensorboard"] if cfg.log_with == "all" else [cfg.log_with]
+    trackers = {"none": [], "all": ["wandb", "tensorboard"]}.get(config.log_with, [config.log_with])
     accelerator = new_accelerator(mixed_precision, cpu=use_cpu, log_with=trackers or None,
-                              project_config=ProjectConfiguration(project_dir=str(save_dir), logging_dir=str(save_dir)),
-                              dataloader_config=DataLoaderConfiguration(even_batches=True))
-    set_seed(cfg.seed + 1 + accelerator.process_index, deterministic=True)
-    python_rng = random.Random(cfg.seed)
+                                  project_config=ProjectConfiguration(project_dir=str(save_dir),
+                                                                      logging_dir=str(save_dir)),
+                                  dataloader_config=DataLoaderConfiguration(even_batches=True))
+    set_seed(config.seed + 1 + accelerator.process_index, deterministic=True)
+    hyp = Hyp.from_values(load_hyp(config.hyp))
+    data = load_data_config(config.data)
+    nc, names = (1, ["item"]) if config.single_cls else (data.nc, data.names)
+    return Run(config, resuming, accelerator, RunPaths(save_dir), hyp, data, nc, names, trackers)
 
-    hyp = load_hyp(cfg.hyp)
-    data = load_data_config(cfg.data)
-    nc, names = (1, ["item"]) if cfg.single_cls else (data.nc, data.names)
 
-    # model, optionally starting from weights
-    weights_state, weights_yaml, _ = read_any_weights(cfg.weights) if cfg.weights else ({}, None, None)
-    anchors = round(hyp["anchors"]) if hyp.get("anchors") else None  # an anchor count per level (evolve)
-    model = build_model(cfg.cfg or weights_yaml, nc=nc, anchors=anchors)
-    if weights_state and not resuming:
-        exclude = ("anchor",) if cfg.cfg or anchors else ()
+def build_training_model(run: Run) -> DetectionModel:
+    """The model from its yaml, or from --weights' (their matching tensors transferred), with --freeze applied."""
+    config, accelerator = run.config, run.accelerator
+    weights_state, weights_yaml, _ = read_any_weights(config.weights) if config.weights else ({}, None, None)
+    anchors = round(run.hyp.anchors) if run.hyp.anchors else None  # an anchor count per level (evolve)
+    model = build_model(config.model or weights_yaml, nc=run.nc, anchors=anchors)
+    if weights_state and not run.resuming:
+        exclude = ("anchor",) if config.model or anchors else ()
         count = transfer_weights(model, weights_state, exclude)
         if accelerator.is_main_process:
-            LOGGER.info(f"Transferred {count}/{len(model.state_dict())} items from {cfg.weights}")
-    model.names = names
-    freeze = [f"model.{x}." for x in (cfg.freeze if len(cfg.freeze) > 1 else range(cfg.freeze[0]))]
+            LOGGER.info(f"Transferred {count}/{len(model.state_dict())} items from {config.weights}")
+    model.names = run.names
+    freeze = [f"model.{x}." for x in (config.freeze if len(config.freeze) > 1 else range(config.freeze[0]))]
     for key, param in model.named_parameters():
         param.requires_grad_(not any(f in key for f in freeze))
         if not param.requires_grad and accelerator.is_main_process:
             LOGGER.info(f"freezing {key}")
+    return model
 
+
+def build_data(run: Run, model: DetectionModel) -> Data:
+    """Image size and batch size for this model and these processes; the scanned datasets and their loaders."""
+    config, accelerator = run.config, run.accelerator
     grid_stride = max(int(model.stride.max()), 32)
-    imgsz = math.ceil(cfg.imgsz / grid_stride) * grid_stride
-    if imgsz != cfg.imgsz:
-        LOGGER.warning(f"--imgsz {cfg.imgsz} must be a multiple of max stride {grid_stride}, updating to {imgsz}")
-
-    batch_size = cfg.batch_size
+    imgsz = math.ceil(config.imgsz / grid_stride) * grid_stride
+    if imgsz != config.imgsz:
+        LOGGER.warning(f"--imgsz {config.imgsz} must be a multiple of max stride {grid_stride}, updating to {imgsz}")
+    batch_size = config.batch_size
     if batch_size == -1:
         from .autobatch import autobatch
 
@@ -292,256 +312,201 @@ def train(cfg: TrainConfig) -> Path:
     if batch_size % world:
         raise ConfigError(f"--batch-size {batch_size} must be a multiple of the number of processes ({world})")
     batch_per_device = batch_size // world
-
-    # data: the main process builds the label caches first
-    with accelerator.main_process_first():
+    with accelerator.main_process_first():  # the main process writes the label caches the others read
         verbose = accelerator.is_main_process
-        train_index = scan_labels(list_images(data, "train"), prefix="train: ", workers=cfg.workers,
+        train_index = scan_labels(list_images(run.data, "train"), prefix="train: ", workers=config.workers,
                                   verbose=verbose)
-        val_split = "val" if "val" in data.splits else "train"
-        val_index = scan_labels(list_images(data, val_split), prefix="val: ", workers=cfg.workers,
+        val_split = "val" if "val" in run.data.splits else "train"
+        val_index = scan_labels(list_images(run.data, val_split), prefix="val: ", workers=config.workers,
                                 verbose=verbose)
-    train_set = YoloDataset(train_index, imgsz, batch_per_device, augment=True, hyp=hyp, rect=cfg.rect,
-                            stride=grid_stride, single_cls=cfg.single_cls, cache=cfg.cache, seed=cfg.seed,
-                            mosaic_epochs=cfg.epochs - cfg.close_mosaic if cfg.close_mosaic else None,
+    train_set = YoloDataset(train_index, imgsz, batch_per_device, augment=True, hyp=run.hyp.augment, rect=config.rect,
+                            stride=grid_stride, single_cls=config.single_cls, cache=config.cache, seed=config.seed,
+                            mosaic_epochs=config.epochs - config.close_mosaic if config.close_mosaic else None,
                             prefix="train: ")
     train_set.hsv_on_device = accelerator.device.type == "cuda"  # batched there; on CPUs the workers do it
-    check_labels(train_set, nc, str(data.source))
+    check_labels(train_set, run.nc, str(run.data.source))
     val_set = YoloDataset(val_index, imgsz, batch_size * 2, rect=True, stride=grid_stride, pad=0.5,
-                          single_cls=cfg.single_cls, cache=cfg.cache, seed=cfg.seed, prefix="val: ")
-    train_loader = build_dataloader(train_set, batch_per_device, cfg.workers, shuffle=not cfg.rect, seed=cfg.seed,
-                                    pin_memory=accelerator.device.type == "cuda")
-    sampler = train_loader.batch_sampler.sampler
-    val_loader, val_indices = build_val_batches(val_set, batch_size * 2, cfg.workers * 2,
+                          single_cls=config.single_cls, cache=config.cache, seed=config.seed, prefix="val: ")
+    train_loader = build_dataloader(train_set, batch_per_device, config.workers, shuffle=not config.rect,
+                                    seed=config.seed, pin_memory=accelerator.device.type == "cuda")
+    val_loader, val_indices = build_val_batches(val_set, batch_size * 2, config.workers * 2,
                                                 accelerator.process_index, world)
+    return Data(imgsz, grid_stride, batch_size, train_set, train_loader, train_loader.batch_sampler.sampler,
+                val_loader, val_indices, labels_to_class_weights(train_set.labels, run.nc) * run.nc)
 
-    if not resuming and not cfg.noautoanchor:
+
+def fit_anchors(run: Run, model: DetectionModel, data: Data) -> None:
+    """AutoAnchor on a new run (the main process decides, every process takes its anchors), then YOLOv5's
+    rounding of the initial weights to fp16 precision."""
+    if run.resuming:
+        return
+    if not run.config.noautoanchor:
         from .anchors import check_anchors
 
-        if accelerator.is_main_process:
-            check_anchors(model, train_set, thr=hyp["anchor_t"], imgsz=imgsz,
-                          rng=np.random.default_rng(cfg.seed))
+        if run.accelerator.is_main_process:
+            check_anchors(model, data.train_set, thr=run.hyp.loss.anchor_t, imgsz=data.imgsz,
+                          rng=np.random.default_rng(run.config.seed))
         model.model[-1].anchors.copy_(broadcast(model.model[-1].anchors.contiguous(), from_process=0))
-    if not resuming:
-        model.half().float()  # yolov5 parity: pre-reduce anchor (and weight) precision to fp16's
+    model.half().float()  # yolov5 parity: pre-reduce anchor (and weight) precision to fp16's
 
-    hyp_scaled = scale_loss_gains(hyp, model.model[-1].nl, nc, imgsz)
-    hyp_scaled["label_smoothing"] = cfg.label_smoothing
-    class_weights = labels_to_class_weights(train_set.labels, nc) * nc
-    criterion = DetectionLoss.from_detect(model.model[-1], hyp_scaled).to(accelerator.device)
 
-    weight_decay = scaled_weight_decay(hyp["weight_decay"], batch_size)
-    optimizer = build_optimizer(model, cfg.optimizer, hyp["lr0"], hyp["momentum"], weight_decay)
-    lr_factor = lr_lambda(cfg.epochs, hyp["lrf"], cosine=cfg.cos_lr)
+def build_training_state(run: Run, model: DetectionModel, data: Data) -> tuple[TrainingState, StepPlan]:
+    """Loss, optimizer and LR schedule; the model and optimizer prepared by Accelerate; the EMA; the step plan."""
+    config, hyp, accelerator = run.config, run.hyp, run.accelerator
+    python_rng = random.Random(config.seed)
+    gains = replace(hyp.loss, label_smoothing=config.label_smoothing)
+    criterion = DetectionLoss.from_detect(model.model[-1], scale_loss_gains(gains, model.model[-1].nl, run.nc,
+                                                                            data.imgsz)).to(accelerator.device)
+    weight_decay = scaled_weight_decay(hyp.optimizer.weight_decay, data.batch_size)
+    optimizer = build_optimizer(model, config.optimizer, hyp.optimizer.lr0, hyp.optimizer.momentum, weight_decay)
+    lr_factor = lr_lambda(config.epochs, hyp.optimizer.lrf, cosine=config.cos_lr)
     scheduler = LambdaLR(optimizer, lr_lambda=lr_factor)
-
-    if cfg.sync_bn and world > 1:
+    if config.sync_bn and accelerator.num_processes > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         LOGGER.info("Using SyncBatchNorm()")
     model = model.to(memory_format=torch.channels_last)  # ~20% faster convolutions on CPU, tensor-core friendly
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    unwrapped = accelerator.unwrap_model(model)
-    ema = ModelEMA(unwrapped)
-    loop = LoopState()
-    stopper = EarlyStopping(cfg.patience)
-    maps = np.zeros(nc)
+    prepared, optimizer, data.train_loader = accelerator.prepare(model, optimizer, data.train_loader)
+    unwrapped = accelerator.unwrap_model(prepared)
+    training = TrainingState(prepared, unwrapped, ModelEMA(unwrapped), optimizer, scheduler, accelerator.scaler,
+                             EarlyStopping(config.patience), config.epochs, python_rng, maps=np.zeros(run.nc))
+    batches_per_epoch = len(data.train_loader)
+    warmup = Warmup.plan(hyp.warmup, hyp.optimizer.momentum, batches_per_epoch, data.batch_size)
+    plan = StepPlan(accelerator, criterion, warmup, lr_factor,
+                    data.imgsz, data.grid_stride, config.multi_scale, batches_per_epoch)
+    return training, plan
 
-    if resuming:
-        snapshot = state_files.latest_snapshot(paths.state)
-        saved_state = state_files.read_snapshot(snapshot)
-        load_state_dict_checked(unwrapped, saved_state["model"], str(snapshot / "model.safetensors"))
-        if saved_state["ema"] is not None:
-            ema.load_state_dict(saved_state["ema"])
-        optimizer.load_state_dict(saved_state["optimizer"])
-        trainer = saved_state["trainer"]
-        loop = LoopState(**trainer["loop"])
-        scheduler.load_state_dict(trainer["scheduler"])
-        if trainer["config"]["epochs"] != cfg.epochs:  # extended: continue on the re-planned schedule
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * lr_factor(loop.epoch)
-        if trainer.get("scaler") and accelerator.scaler is not None:
-            accelerator.scaler.load_state_dict(trainer["scaler"])
-        stopper = EarlyStopping(cfg.patience, trainer["stopper"]["best_fitness"], trainer["stopper"]["best_epoch"])
-        maps = np.array(trainer.get("maps", maps.tolist()))
-        criterion.set_anchors(unwrapped.model[-1].anchors)
-        if not state_files.read_rank_files(snapshot, accelerator.process_index, python_rng):
-            LOGGER.warning(f"{snapshot}: no random state for process {accelerator.process_index}; reseeding")
-        for key, grad in state_files.read_pending_grads(snapshot, accelerator.process_index).items():
-            unwrapped.get_parameter(key).grad = grad.to(accelerator.device)
-        if loop.epoch >= cfg.epochs:
-            raise ConfigError(f"{save_dir} finished its {cfg.epochs} epochs; pass --epochs N (more) to extend it")
-        if accelerator.is_main_process:
-            drop_results_from(paths.results, loop.epoch)
-            LOGGER.info(f"Resuming training from {snapshot} at epoch {loop.epoch}, batch {loop.batch}")
 
-    plots = not cfg.noplots and accelerator.is_main_process
-    if plots and not resuming:
+def restore(run: Run, training: TrainingState, plan: StepPlan) -> None:
+    """Load the latest snapshot into the training state: every tensor, counter and random generator."""
+    config, accelerator = run.config, run.accelerator
+    snapshot = latest_snapshot(run.paths.state)
+    saved = read_snapshot(snapshot)
+    check_state_dict(training.unwrapped, saved["model"], str(snapshot / "model.safetensors"))
+    training.load_state_dict(saved)
+    if training.planned_epochs != config.epochs:  # extended: continue on the re-planned schedule
+        for group in training.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * plan.lr_factor(training.loop.epoch)
+        training.planned_epochs = config.epochs
+    plan.criterion.set_anchors(training.unwrapped.model[-1].anchors)  # AutoAnchor's, as saved
+    if not read_rank_files(snapshot, accelerator.process_index, training.rng):
+        LOGGER.warning(f"{snapshot}: no random state for process {accelerator.process_index}; reseeding")
+    training.load_pending_gradients(read_pending_grads(snapshot, accelerator.process_index))
+    if training.loop.epoch >= config.epochs:
+        raise ConfigError(f"{run.paths.save_dir} finished its {config.epochs} epochs; pass --epochs N (more) to "
+                          f"extend it")
+    if accelerator.is_main_process:
+        drop_results_from(run.paths.results, training.loop.epoch)
+        LOGGER.info(f"Resuming training from {snapshot} at epoch {training.loop.epoch}, batch {training.loop.batch}")
+
+
+def start(run: Run, data: Data) -> None:
+    """Label plots, hyp.yaml and opt.yaml, the trackers, and the run's first log lines."""
+    config, accelerator, save_dir = run.config, run.accelerator, run.paths.save_dir
+    if run.plots and not run.resuming:
         from .plots import plot_labels
 
-        plot_labels(train_set.labels, names, save_dir)
+        plot_labels(data.train_set.labels, run.names, save_dir)
     if accelerator.is_main_process:
-        atomic_write(save_dir / "hyp.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(hyp, sort_keys=False)))
+        atomic_write(save_dir / "hyp.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(dict(run.hyp.values),
+                                                                                        sort_keys=False)))
         atomic_write(save_dir / "opt.yaml", lambda tmp: tmp.write_text(
-            yaml.safe_dump(replace(cfg, resume=False).to_dict(), sort_keys=False)))
-        paths.weights.mkdir(parents=True, exist_ok=True)
-    if trackers:
-        accelerator.init_trackers(save_dir.name, config={**{k: str(v) for k, v in cfg.to_dict().items()}, **hyp},
+            yaml.safe_dump(replace(config, resume=None).to_dict(), sort_keys=False)))
+        run.paths.weights.mkdir(parents=True, exist_ok=True)
+    if run.trackers:
+        accelerator.init_trackers(save_dir.name, config={**{k: str(v) for k, v in config.to_dict().items()},
+                                                         **run.hyp.values},
                                   init_kwargs={"wandb": {"dir": str(save_dir), "name": save_dir.name}})
-
-    batches_per_epoch = len(train_loader)
-    warmup = Warmup.plan(hyp, batches_per_epoch, batch_size)
-    parts = TrainParts(accelerator, model, optimizer, criterion, ema, warmup, lr_factor, imgsz, grid_stride,
-                       cfg.multi_scale, python_rng, batches_per_epoch)
     if accelerator.is_main_process:
         precision = {"no": "fp32", "fp16": "fp16 autocast", "bf16": "bf16 autocast"}.get(
             accelerator.mixed_precision, accelerator.mixed_precision)
-        LOGGER.info(f"Image sizes {imgsz} train, {imgsz} val; {precision} on {accelerator.device}\n"
+        LOGGER.info(f"Image sizes {data.imgsz} train, {data.imgsz} val; {precision} on {accelerator.device}\n"
                     f"Logging results to {save_dir}\n"
-                    f"Starting training for {cfg.epochs} epochs...")
+                    f"Starting training for {config.epochs} epochs...")
 
-    def save_state() -> None:
-        if cfg.nosave:
-            return
-        tmp = state_files.begin_snapshot(paths.state, loop.step)
-        accelerator.wait_for_everyone()
-        pending = {k: p.grad for k, p in unwrapped.named_parameters() if p.grad is not None}
-        state_files.write_rank_files(tmp, accelerator.process_index, python_rng,
-                                     pending if loop.step - 1 > loop.last_opt_step else None)
-        accelerator.wait_for_everyone()
+
+def end_epoch(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> bool:
+    """Step the LR schedule, validate the EMA model, record fitness and the results row, save weights and the
+    state; True when early stopping says to stop."""
+    config, accelerator, loop = run.config, run.accelerator, training.loop
+    epoch = loop.epoch
+    lrs = [g["lr"] for g in training.optimizer.param_groups]
+    training.scheduler.step()
+    final_epoch = epoch + 1 == config.epochs or training.stopper.possible_stop
+    results = (0.0,) * 7
+    if not config.noval or final_epoch:
+        result = evaluate(training.ema.module, data.val_loader, data.val_indices, accelerator, nc=run.nc,
+                          criterion=plan.criterion, single_cls=config.single_cls)
+        results, training.maps = result.results(), result.metrics.class_maps
         if accelerator.is_main_process:
-            trainer = {"loop": vars(loop), "scheduler": scheduler.state_dict(),
-                       "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                       "stopper": {"best_fitness": stopper.best_fitness, "best_epoch": stopper.best_epoch},
-                       "maps": maps.tolist(), "config": cfg.to_dict()}
-            state_files.write_main_files(tmp, unwrapped.state_dict(), ema.state_dict(), optimizer.state_dict(),
-                                         trainer)
-            state_files.commit_snapshot(paths.state, tmp, loop.step)
-        accelerator.wait_for_everyone()
-
-    def plot_train_batch(i: int, images: torch.Tensor, targets: torch.Tensor, batch_paths: tuple) -> None:
-        if i < 3:
-            from .plots import plot_images
-
-            plot_images(images, targets, batch_paths, save_dir / f"train_batch{i}.jpg", names)
-
-    interrupted = False
-    with StopRequest() as stop_request:
-        while loop.epoch < cfg.epochs:
-            epoch = loop.epoch
-            if cfg.image_weights:
-                weights = class_weights * (1 - maps) ** 2 / nc
-                sampler.set_weights(labels_to_image_weights(train_set.labels, nc, weights))
-            loader = train_loader
-            if loop.batch:
-                loader = accelerator.skip_first_batches(train_loader, loop.batch)
-            loader.set_epoch(epoch)
-            if not train_one_epoch(parts, loader, loop, cfg.epochs, lambda: stop_request.requested,
-                                   on_batch=plot_train_batch if plots and epoch == 0 else None):
-                interrupted = True
-                save_state()
-                break
-            lrs = [g["lr"] for g in optimizer.param_groups]
-            scheduler.step()
-            final_epoch = epoch + 1 == cfg.epochs or stopper.possible_stop
-            if not cfg.noval or final_epoch:
-                result = evaluate(ema.module, val_loader, val_indices, accelerator, nc, criterion=criterion,
-                                  single_cls=cfg.single_cls)
-                results = result.results()
-                maps = result.metrics.class_maps
-                if accelerator.is_main_process:
-                    LOGGER.info("\n".join(format_results(result, names)))
-            else:
-                results = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-            fi = float(fitness(np.array(results).reshape(1, -1))[0])
-            stop = stopper(epoch, fi)
-            improved = fi >= loop.best_fitness
-            if fi > loop.best_fitness:
-                loop.best_fitness = fi
-            values = [*loop.mean_loss, *results, *lrs]
-            if accelerator.is_main_process:
-                append_results(paths.results, epoch, values)
-                if not cfg.nosave or final_epoch:
-                    extra = {"epoch": epoch, "best_fitness": loop.best_fitness,
-                             "date": datetime.now().isoformat(timespec="seconds")}
-                    save_weights(ema.module, paths.weights / "last.safetensors", names, extra)
-                    if improved:
-                        save_weights(ema.module, paths.weights / "best.safetensors", names, extra)
-                    if cfg.save_period > 0 and epoch % cfg.save_period == 0:
-                        save_weights(ema.module, paths.weights / f"epoch{epoch}.safetensors", names, extra)
-            if trackers:
-                accelerator.log(dict(zip(RESULT_COLUMNS, values)), step=epoch)
-            loop.epoch, loop.batch, loop.mean_loss = epoch + 1, 0, [0.0, 0.0, 0.0]
-            save_state()
-            stop = bool(broadcast_object_list([stop])[0])
-            if stop:
-                break
-
-    if interrupted:
-        if accelerator.is_main_process:
-            LOGGER.info(f"Training interrupted at epoch {loop.epoch}, batch {loop.batch}; state saved. "
-                        f"Continue with: yolo-accel train --resume {save_dir}")
-    else:
-        if plots and paths.results.exists():
-            from .plots import plot_results
-
-            plot_results(paths.results)
-        finish(cfg, accelerator, paths, val_loader, val_indices, nc, names, criterion, loop)
-    if trackers:
-        accelerator.end_training()
-    accelerator.wait_for_everyone()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # a clean exit on every rank (gloo aborts otherwise)
-    if interrupted:
-        raise TrainingInterrupted(save_dir)
-    return save_dir
-
-
-def finish(cfg: TrainConfig, accelerator: Accelerator, paths: RunPaths, val_loader: DataLoader,
-           val_indices: list[int], nc: int, names: list[str], criterion: DetectionLoss, loop: LoopState) -> None:
-    """Validate best.safetensors once more with per-class rows, as YOLOv5 does at the end of training."""
-    best = paths.weights / "best.safetensors"
+            LOGGER.info("\n".join(format_results(result, run.names)))
+    stop = training.stopper(epoch, float(fitness(np.array(results).reshape(1, -1))[0]))
+    values = [*loop.mean_loss, *results, *lrs]
     if accelerator.is_main_process:
-        LOGGER.info(f"\n{loop.epoch} epochs completed. Results saved to {paths.save_dir}")
-    if cfg.noval or not best.exists():
+        append_results(run.paths.results, epoch, values)
+        if not config.nosave or final_epoch:
+            save_epoch_weights(run, training, epoch)
+    if run.trackers:
+        accelerator.log(dict(zip(RESULT_COLUMNS, values)), step=epoch)
+    loop.epoch, loop.batch, loop.mean_loss = epoch + 1, 0, [0.0, 0.0, 0.0]
+    save_state(run, training)
+    return bool(broadcast_object_list([stop])[0])
+
+
+def save_epoch_weights(run: Run, training: TrainingState, epoch: int) -> None:
+    """last.safetensors, best.safetensors when fitness matched or beat the best, epoch{N} every --save-period."""
+    extra = {"epoch": epoch, "best_fitness": training.stopper.best_fitness,
+             "date": datetime.now().isoformat(timespec="seconds")}
+    weights, ema = run.paths.weights, training.ema.module
+    save_weights(ema, weights / "last.safetensors", run.names, extra)
+    if training.stopper.improved:
+        save_weights(ema, weights / "best.safetensors", run.names, extra)
+    if run.config.save_period > 0 and epoch % run.config.save_period == 0:
+        save_weights(ema, weights / f"epoch{epoch}.safetensors", run.names, extra)
+
+
+def save_state(run: Run, training: TrainingState) -> None:
+    """A resumable snapshot from every process (not with --nosave)."""
+    if run.config.nosave:
         return
-    from .checkpoint import load_model
-
-    model = load_model(best, device=accelerator.device)
-    if accelerator.is_main_process:
-        LOGGER.info(f"\nValidating {best}...")
-    plots = not cfg.noplots and accelerator.is_main_process
-    result: EvalResult = evaluate(model, val_loader, val_indices, accelerator, nc, criterion=criterion,
-                                  single_cls=cfg.single_cls,
-                                  on_batch=plot_val_batch(paths.save_dir, names) if plots else None)
-    if plots:
-        save_metric_plots(result, names, paths.save_dir)
-    if accelerator.is_main_process:
-        LOGGER.info("\n".join(format_results(result, names, verbose=True)))
-        pre, infer, nms = result.speed_ms
-        LOGGER.info(f"Speed: {pre:.1f}ms pre-process, {infer:.1f}ms inference, {nms:.1f}ms NMS per image")
+    accelerator = run.accelerator
+    save_snapshot(run.paths.state, training.loop.step, accelerator.process_index,
+                              training.state_dict if accelerator.is_main_process else None, training.rng,
+                              training.pending_gradients(), accelerator.wait_for_everyone)
 
 
-def plot_val_batch(save_dir: Path, names: list[str]):
-    """An evaluate() hook drawing the first 3 batches: val_batch{i}_labels.jpg and val_batch{i}_pred.jpg."""
-    from .boxes import xyxy_to_xywh
+def plot_train_batch(run: Run):
+    """A train_one_epoch hook drawing the first three batches of the first epoch: train_batch{i}.jpg."""
     from .plots import plot_images
 
-    def hook(i: int, images: torch.Tensor, targets: torch.Tensor, output: list, batch_paths: list) -> None:
-        if i >= 3:
-            return
-        plot_images(images, targets, batch_paths, save_dir / f"val_batch{i}_labels.jpg", names)
-        rows = [torch.cat((torch.full((len(det), 1), float(si), device=det.device), det[:, 5:6],
-                           xyxy_to_xywh(det[:, :4]), det[:, 4:5]), 1) for si, det in enumerate(output)]
-        predictions = torch.cat(rows, 0) if rows else torch.zeros(0, 7)
-        plot_images(images, predictions, batch_paths, save_dir / f"val_batch{i}_pred.jpg", names)
+    def hook(i: int, images: torch.Tensor, targets: torch.Tensor, batch_paths: tuple) -> None:
+        if i < 3:
+            plot_images(images, targets, batch_paths, run.paths.save_dir / f"train_batch{i}.jpg", run.names)
 
     return hook
 
 
-def save_metric_plots(result: EvalResult, names: list[str], save_dir: Path) -> None:
-    """PR/F1/P/R curves and the confusion matrix of a validation result."""
-    from .plots import plot_confusion_matrix, plot_metric_curves
+def finish(run: Run, training: TrainingState, data: Data, plan: StepPlan, interrupted: bool) -> None:
+    """results.png and the final validation of best.safetensors (or, interrupted, how to resume); close the
+    trackers and the process group."""
+    accelerator, paths = run.accelerator, run.paths
+    if interrupted:
+        if accelerator.is_main_process:
+            LOGGER.info(f"Training interrupted at epoch {training.loop.epoch}, batch {training.loop.batch}; state "
+                        f"saved. Continue with: yolo-accel train --resume {paths.save_dir}")
+    else:
+        if run.plots and paths.results.exists():
+            from .plots import plot_results
 
-    if result.metrics.details is not None:
-        plot_metric_curves(result.metrics.details, names, save_dir)
-    plot_confusion_matrix(result.confusion.matrix, names, save_dir / "confusion_matrix.png")
+            plot_results(paths.results)
+        if accelerator.is_main_process:
+            LOGGER.info(f"\n{training.loop.epoch} epochs completed. Results saved to {paths.save_dir}")
+        best = paths.weights / "best.safetensors"
+        if not run.config.noval and best.exists():
+            validate_best(best, accelerator, data.val_loader, data.val_indices, nc=run.nc, names=run.names,
+                          criterion=plan.criterion, single_cls=run.config.single_cls,
+                          plots_dir=paths.save_dir if run.plots else None)
+    if run.trackers:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # a clean exit on every rank (gloo aborts otherwise)

@@ -4,23 +4,91 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from .boxes import xyxy_to_xywh
 from .checkpoint import load_model
 from .config import ConfigError
 from .data.dataset import YoloDataset
 from .data.labels import scan_labels
+from .data.loader import collate, init_worker
 from .data.sources import list_images, load_data_config
 from .engine import EvalResult, evaluate, format_results, new_accelerator
 from .files import increment_path
 from .predict import label_rows
-from .train import build_val_batches, plot_val_batch, save_metric_plots
 
 LOGGER = logging.getLogger("yolo_accel")
+
+
+def build_val_batches(dataset: YoloDataset, batch_size: int, workers: int, rank: int, world: int
+                      ) -> tuple[DataLoader, list[int]]:
+    """This process's part of every validation batch, and the dataset indices it will see.
+
+    `batch_size` is the total over processes, the size `dataset` planned its rectangular shapes for; each batch is
+    split into `world` contiguous parts, so every image gets the same letterbox whatever the process count and
+    the gathered metrics equal a single-process run's exactly. No padding samples are added.
+    """
+    batches = []
+    for batch in BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False):
+        part = math.ceil(len(batch) / world)
+        if batch[rank * part:(rank + 1) * part]:
+            batches.append(batch[rank * part:(rank + 1) * part])
+    num_workers = min(workers, os.cpu_count() or 1, max(len(batches), 1))
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
+                        persistent_workers=num_workers > 0,  # training validates every epoch: fork once
+                        worker_init_fn=init_worker)
+    return loader, [i for batch in batches for i in batch]
+
+
+def plot_val_batch(save_dir: Path, names: list[str]):
+    """An evaluate() hook drawing the first 3 batches: val_batch{i}_labels.jpg and val_batch{i}_pred.jpg."""
+    from .boxes import xyxy_to_xywh
+    from .plots import plot_images
+
+    def hook(i: int, images: torch.Tensor, targets: torch.Tensor, output: list, batch_paths: list) -> None:
+        if i >= 3:
+            return
+        plot_images(images, targets, batch_paths, save_dir / f"val_batch{i}_labels.jpg", names)
+        rows = [torch.cat((torch.full((len(det), 1), float(si), device=det.device), det[:, 5:6],
+                           xyxy_to_xywh(det[:, :4]), det[:, 4:5]), 1) for si, det in enumerate(output)]
+        predictions = torch.cat(rows, 0) if rows else torch.zeros(0, 7)
+        plot_images(images, predictions, batch_paths, save_dir / f"val_batch{i}_pred.jpg", names)
+
+    return hook
+
+
+def save_metric_plots(result: EvalResult, names: list[str], save_dir: Path) -> None:
+    """PR/F1/P/R curves and the confusion matrix of a validation result."""
+    from .plots import plot_confusion_matrix, plot_metric_curves
+
+    if result.metrics.details is not None:
+        plot_metric_curves(result.metrics.details, names, save_dir)
+    plot_confusion_matrix(result.confusion.matrix, names, save_dir / "confusion_matrix.png")
+
+
+def validate_best(best: Path, accelerator: Accelerator, loader: DataLoader, indices: list[int], *, nc: int,
+                  names: list[str], criterion, single_cls: bool, plots_dir: Path | None) -> EvalResult:
+    """The end of training: best weights validated once more, with per-class rows, speed and (into plots_dir,
+    if given) the batch images, curves and confusion matrix, as YOLOv5 does."""
+    model = load_model(best, device=accelerator.device)
+    if accelerator.is_main_process:
+        LOGGER.info(f"\nValidating {best}...")
+    result = evaluate(model, loader, indices, accelerator, nc=nc, criterion=criterion, single_cls=single_cls,
+                      on_batch=plot_val_batch(plots_dir, names) if plots_dir else None)
+    if plots_dir:
+        save_metric_plots(result, names, plots_dir)
+    if accelerator.is_main_process:
+        LOGGER.info("\n".join(format_results(result, names, verbose=True)))
+        pre, infer, nms = result.speed_ms
+        LOGGER.info(f"Speed: {pre:.1f}ms pre-process, {infer:.1f}ms inference, {nms:.1f}ms NMS per image")
+    return result
 
 
 def save_predictions(result: EvalResult, dataset: YoloDataset, save_dir: Path, save_txt: bool, save_conf: bool,
@@ -49,7 +117,7 @@ def save_predictions(result: EvalResult, dataset: YoloDataset, save_dir: Path, s
         LOGGER.info(f"Saving {target}...")
 
 
-def validate(data: str, weights: list[str], batch_size: int = 32, imgsz: int = 640, conf_thres: float = 0.001,
+def validate(data: str, weights: list[str], *, batch_size: int = 32, imgsz: int = 640, conf_thres: float = 0.001,
              iou_thres: float = 0.6, max_det: int = 300, task: str = "val", single_cls: bool = False,
              verbose: bool = False, save_txt: bool = False, save_conf: bool = False, save_json: bool = False,
              project: str = "runs/val", name: str = "exp", exist_ok: bool = False, half: bool = False,
@@ -90,7 +158,7 @@ def validate(data: str, weights: list[str], batch_size: int = 32, imgsz: int = 6
         loader, indices = build_val_batches(dataset, batch_size, workers, accelerator.process_index,
                                             accelerator.num_processes)
         names = ["item"] if single_cls else config.names
-        result = evaluate(model, loader, indices, accelerator, nc, conf_thres=conf_thres, iou_thres=iou_thres,
+        result = evaluate(model, loader, indices, accelerator, nc=nc, conf_thres=conf_thres, iou_thres=iou_thres,
                           max_det=max_det, single_cls=single_cls, augment=augment,
                           on_batch=plot_val_batch(save_dir, names) if plots else None)
         if plots:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..boxes import xywhn_to_xyxy, xyxy_to_xywhn
+from ..config import AugmentHyp
 from ..files import atomic_write, cache_dir
 from ..progress import Progress
 from .augment import (
@@ -94,14 +95,14 @@ class YoloDataset(Dataset):
     """
 
     def __init__(self, index: LabelIndex, imgsz: int = 640, batch_size: int = 16, augment: bool = False,
-                 hyp: dict[str, Any] | None = None, rect: bool = False, stride: int = 32, pad: float = 0.0,
+                 hyp: AugmentHyp | None = None, rect: bool = False, stride: int = 32, pad: float = 0.0,
                  single_cls: bool = False, cache: str | None = None, seed: int = 0,
                  mosaic_epochs: int | None = None, prefix: str = ""):
-        self.imgsz, self.augment, self.hyp, self.rect, self.stride = imgsz, augment, hyp or {}, rect, stride
+        self.imgsz, self.augment, self.hyp, self.rect, self.stride = imgsz, augment, hyp or AugmentHyp(), rect, stride
         self.seed, self.mosaic_epochs, self.prefix = seed, mosaic_epochs, prefix
         self.mosaic = augment and not rect
         self.mosaic_border = (-imgsz // 2, -imgsz // 2)
-        self.hsv = augment and any(self.hyp.get(k) for k in ("hsv_h", "hsv_s", "hsv_v"))
+        self.hsv = augment and any((self.hyp.hsv_h, self.hyp.hsv_s, self.hyp.hsv_v))
         self.hsv_on_device = False  # set before the first epoch: HSV gains travel with the batch instead
         order = np.arange(len(index.images))
         self.batch_index = np.zeros(len(order), dtype=np.int64)
@@ -130,6 +131,12 @@ class YoloDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    @property
+    def geometry(self) -> dict[str, float]:
+        """random_perspective's arguments from the hyperparameters."""
+        h = self.hyp
+        return dict(degrees=h.degrees, translate=h.translate, scale=h.scale, shear=h.shear, perspective=h.perspective)
 
     def segments(self, i: int) -> list[np.ndarray]:
         """Image i's polygons, (p, 2) normalised each."""
@@ -260,9 +267,9 @@ class YoloDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index])
         hyp = self.hyp
         shapes: Shapes = None
-        if self.mosaic_active(epoch) and rng.random() < hyp.get("mosaic", 0.0):
+        if self.mosaic_active(epoch) and rng.random() < hyp.mosaic:
             image, labels = self.load_mosaic(index, rng, pool, decoded)
-            if rng.random() < hyp.get("mixup", 0.0):
+            if rng.random() < hyp.mixup:
                 other = int(rng.choice(pool)) if pool else int(rng.integers(len(self)))
                 image, labels = mixup(image, labels, *self.load_mosaic(other, rng, pool, decoded), rng)
         else:
@@ -274,22 +281,20 @@ class YoloDataset(Dataset):
             if labels.size:
                 labels[:, 1:] = xywhn_to_xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, pad[0], pad[1])
             if self.augment:
-                image, labels = random_perspective(image, labels, rng=rng, degrees=hyp["degrees"],
-                                                   translate=hyp["translate"], scale=hyp["scale"],
-                                                   shear=hyp["shear"], perspective=hyp["perspective"])
+                image, labels = random_perspective(image, labels, rng=rng, **self.geometry)
         labels = labels.astype(np.float32)
         if len(labels):
             labels[:, 1:5] = xyxy_to_xywhn(labels[:, 1:5], w=image.shape[1], h=image.shape[0], clip=True, eps=1e-3)
         gains = None
         if self.augment:
             if self.hsv:
-                gains = hsv_gains(rng, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
+                gains = hsv_gains(rng, hyp.hsv_h, hyp.hsv_s, hyp.hsv_v)
                 if not self.hsv_on_device:
                     image, gains = apply_hsv(image, gains), None
-            if rng.random() < hyp["flipud"]:
+            if rng.random() < hyp.flipud:
                 image = image[::-1]
                 labels[:, 2] = 1 - labels[:, 2]
-            if rng.random() < hyp["fliplr"]:
+            if rng.random() < hyp.fliplr:
                 image = image[:, ::-1]
                 labels[:, 1] = 1 - labels[:, 1]
         out = np.zeros((len(labels), 6), dtype=np.float32)
@@ -333,12 +338,10 @@ class YoloDataset(Dataset):
         labels = np.concatenate(all_labels, 0).astype(np.float64)
         for x in (labels[:, 1:], *all_segments):
             np.clip(x, 0, 2 * s, out=x)
-        hyp = self.hyp
-        geometry = dict(degrees=hyp["degrees"], translate=hyp["translate"], scale=hyp["scale"], shear=hyp["shear"],
-                        perspective=hyp["perspective"])
-        if hyp.get("copy_paste", 0.0) and all_segments:  # copy-paste mirrors the whole canvas
+        geometry = self.geometry
+        if self.hyp.copy_paste and all_segments:  # copy-paste mirrors the whole canvas
             canvas = self._assemble(tiles, (0, 0, 2 * s, 2 * s), decoded)
-            canvas, labels, all_segments = copy_paste(canvas, labels, all_segments, hyp["copy_paste"], rng)
+            canvas, labels, all_segments = copy_paste(canvas, labels, all_segments, self.hyp.copy_paste, rng)
             return random_perspective(canvas, labels, all_segments, rng=rng, border=self.mosaic_border, **geometry)
         out_shape = (2 * s + 2 * self.mosaic_border[0], 2 * s + 2 * self.mosaic_border[1])
         # the draws random_perspective would make, in its order
