@@ -37,6 +37,12 @@ def not_blank(image: Image.Image) -> bool:
     return pixels.min() < pixels.max()
 
 
+def colour_pixels(image: Image.Image | np.ndarray, rgb: tuple[int, int, int], tolerance: int = 40) -> int:
+    """How many pixels are within `tolerance` (per channel) of `rgb`."""
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image).astype(int)
+    return int((np.abs(pixels - np.array(rgb)).max(-1) <= tolerance).sum())
+
+
 def test_gaussian_smooth_keeps_length_and_constants():
     assert np.allclose(gaussian_smooth(np.full(5, 2.0)), 2.0)
     ramp = np.arange(40, dtype=float)
@@ -53,7 +59,12 @@ def test_plot_results(tmp_path, epochs):
         append_results(csv, epoch, [1.0 / (epoch + 1 + i) for i in range(len(RESULT_COLUMNS))])
     path = plot_results(csv)
     assert path == tmp_path / "results.png"
-    assert not_blank(open_image(path, (2000, 1000), (2600, 1300)))
+    pixels = np.asarray(open_image(path, (2000, 1000), (2600, 1300)).convert("RGB"))
+    height, width = pixels.shape[:2]
+    for row in range(2):  # every one of the ten panels holds the results line (matplotlib's first colour)
+        for column in range(5):
+            panel = pixels[row * height // 2:(row + 1) * height // 2, column * width // 5:(column + 1) * width // 5]
+            assert colour_pixels(panel, (31, 119, 180)) > 20, (row, column)
 
 
 @pytest.mark.parametrize("case", ["three_classes", "one_class", "no_labels"])
@@ -118,10 +129,14 @@ def detection_details():
 
 
 def test_plot_metric_curves(tmp_path):
-    paths = plot_metric_curves(detection_details(), NAMES, tmp_path)
+    details = detection_details()
+    paths = plot_metric_curves(details, NAMES, tmp_path)
     assert [p.name for p in paths] == ["PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png"]
     for path in paths:
-        assert not_blank(open_image(path, (2000, 1400), (2300, 1600)))
+        image = open_image(path, (2000, 1400), (2300, 1600))
+        assert colour_pixels(image, (0, 0, 255), tolerance=10) > 500  # the thick all-classes line
+        for cls in details.classes:  # a line per class in its colour
+            assert colour_pixels(image, class_colour(int(cls)), tolerance=25) > 100, (path.name, cls)
 
 
 def test_plot_curves_many_and_no_classes(tmp_path):
@@ -144,4 +159,5 @@ def test_plot_confusion_matrix(tmp_path, nc):
     assert matrix.matrix.sum() > 0
     names = [f"class{i}" for i in range(nc)]
     path = plot_confusion_matrix(matrix.matrix, names, tmp_path / "confusion_matrix.png")
-    assert not_blank(open_image(path, (2800, 2100), (3100, 2300)))
+    image = open_image(path, (2800, 2100), (3100, 2300))
+    assert colour_pixels(image, (8, 48, 107), tolerance=30) > 1000  # a full cell: the darkest blue of "Blues"

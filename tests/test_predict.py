@@ -81,8 +81,11 @@ def test_class_names_from_weights_never_leave_the_run_folder(demo_root, tmp_path
 
 
 def test_detect_filters_classes(demo_root):
+    everything = YOLO(WEIGHTS).predict(str(demo_root / "images" / "val"), imgsz=128)
     results = YOLO(WEIGHTS).predict(str(demo_root / "images" / "val"), imgsz=128, classes=[0])
+    kept = sum(len(r.classes) for r in results)
     assert all((r.classes == 0).all() for r in results)
+    assert 0 < kept < sum(len(r.classes) for r in everything)  # class 0 found, the others filtered out
 
 
 def test_sources_in_every_form(demo_root, tmp_path):

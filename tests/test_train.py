@@ -22,7 +22,7 @@ from yolo_accel.config import TrainConfig
 from yolo_accel.data.demo import write_demo_dataset
 from yolo_accel.model import build_model
 from yolo_accel.results import RESULT_COLUMNS, read_results
-from yolo_accel.train import check_amp, choose_mixed_precision, train
+from yolo_accel.train import TrainingInterrupted, check_amp, choose_mixed_precision, train
 
 TINY = str(REFERENCE / "tiny.yaml")
 
@@ -95,6 +95,28 @@ def test_transfer_learning_reports_matched_items(tiny_data, tmp_path, caplog):
     # every key except the 3 Detect convs (nc differs) and the anchors (--cfg given) transfers
     total = len(build_model(TINY, nc=6).state_dict())
     assert f"Transferred {total - 7}/{total} items from {weights}" in caplog.text
+
+
+def test_stopped_mid_epoch_then_resumed_equals_straight_in_process(tiny_data, tmp_path, monkeypatch):
+    """Train 2 epochs == train into epoch 1, stop after its second batch (state saved), resume, finish."""
+    train(tiny_config(tiny_data, tmp_path / "a", noval=True))
+    original = train_module.train_one_epoch
+
+    def stop_mid_epoch_1(plan, training, loader, epochs, stop_requested, **kwargs):
+        if training.loop.epoch == 1:
+            stop_requested = lambda: training.loop.batch >= 2  # noqa: E731
+        return original(plan, training, loader, epochs, stop_requested, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", stop_mid_epoch_1)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(tiny_data, tmp_path / "b", noval=True))
+    monkeypatch.undo()
+    run = tmp_path / "b" / "exp"
+    loop = json.loads((latest_state(run) / "trainer.json").read_text())["loop"]
+    assert (loop["epoch"], loop["batch"]) == (1, 2)
+    train(TrainConfig(resume=str(run)))
+    assert max_difference(final_weights(tmp_path / "a" / "exp"), final_weights(run)) <= 1e-6
+    assert torch.are_deterministic_algorithms_enabled() is False  # training left the process as it found it
 
 
 @pytest.mark.slow
