@@ -39,7 +39,9 @@ def test_all_shipped_variants_have_fixtures():
                         "yolov5n6", "yolov5s6", "yolov5m6", "yolov5l6", "yolov5x6"]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+# the two smallest in every run; the larger ones (seconds each on 2 cores) with the slow tests
+@pytest.mark.parametrize("variant", [v if v in ("yolov5n", "yolov5s", "yolov5n6") else
+                                     pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS])
 def test_variant_matches_reference(variant):
     reference = TABLE[variant]
     model = build_model(variant)
