@@ -57,6 +57,11 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def offsets_of(sizes: Sequence[int]) -> np.ndarray:
+    """(n + 1,) start offsets of n consecutive items of these sizes, then the total."""
+    return np.concatenate(([0], np.cumsum(sizes, dtype=np.int64))).astype(np.int64)
+
+
 class Ragged(Sequence):
     """A list of arrays kept as one array and offsets.
 
@@ -65,10 +70,18 @@ class Ragged(Sequence):
     """
 
     def __init__(self, arrays: Sequence[np.ndarray], row_shape: tuple[int, ...], dtype: Any = np.float32):
-        sizes = np.array([len(a) for a in arrays], np.int64)
-        self.offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        self.offsets = offsets_of([len(a) for a in arrays])
         rows = [np.asarray(a, dtype).reshape(-1, *row_shape) for a in arrays]
         self.data = np.concatenate(rows) if rows else np.zeros((0, *row_shape), dtype)
+
+    @classmethod
+    def allocate(cls, sizes: Sequence[int], dtype: Any) -> Ragged:
+        """Uninitialised items of the given sizes (flat), to be filled in place."""
+        ragged = cls.__new__(cls)
+        ragged.offsets = offsets_of(sizes)
+        ragged.data = np.empty(int(ragged.offsets[-1]), dtype)
+        return ragged
+
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -119,7 +132,7 @@ class YoloDataset(Dataset):
         self.labels = Ragged(labels, (5,))
         polygons = [index.segments[i] for i in order]
         self.polygons = Ragged([p for image in polygons for p in image], (2,))
-        self.polygon_offsets = np.concatenate(([0], np.cumsum([len(p) for p in polygons]))).astype(np.int64)
+        self.polygon_offsets = offsets_of([len(p) for p in polygons])
         self.ram: Ragged | None = None
         self.npy_dir: Path | None = None
         if cache == "ram":
@@ -190,9 +203,7 @@ class YoloDataset(Dataset):
             LOGGER.warning(f"{self.prefix}WARNING ⚠️ --cache ram needs {needed / 2**30:.1f} GB and "
                            f"{free / 2**30:.1f} GB is available: not caching images")
             return
-        block = Ragged([], (1,), np.uint8)
-        block.offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-        block.data = np.empty(needed, np.uint8)
+        block = Ragged.allocate(sizes, np.uint8)
 
         def store(i: int) -> None:
             block[i][:] = self.load_image(i)[0].reshape(-1)
