@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -156,3 +157,44 @@ def test_safe_filename():
     assert safe_filename("a/b\\c:d", "c") == "a_b_c_d"
     assert safe_filename("行人", "c") == "行人"
     assert len(safe_filename("é" * 200, "c").encode()) <= 120
+
+
+def test_hostile_headers_are_refused_before_anything_is_built(tiny, tmp_path):
+    import time
+
+    from yolo_accel.config import ConfigError
+
+    huge = {**tiny.yaml, "nc": 20_000_000}
+    path = save_weights(tiny, tmp_path / "huge.safetensors", extra={"model_yaml": json.dumps(huge)})
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="nc must be an integer from 1 to 10000"):
+        load_model(path)
+    wide = {**tiny.yaml, "backbone": [[-1, 1, "Conv", [10**7, 3, 2]], *tiny.yaml["backbone"][1:]]}
+    path = save_weights(tiny, tmp_path / "wide.safetensors", extra={"model_yaml": json.dumps(wide)})
+    with pytest.raises(ConfigError, match=r"wide\.safetensors: layer 0: 1250000 output channels"):
+        load_model(path)
+    assert time.perf_counter() - start < 2  # refused from the header, nothing allocated
+    path = save_weights(tiny, tmp_path / "v.safetensors", extra={"format_version": "1; rm -rf /"})
+    with pytest.raises(WeightsError, match=r"format_version .* is not a number"):
+        load_model(path)
+
+
+def test_a_pickle_whose_modules_contain_themselves_is_refused(tiny, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("models.yolo")
+
+    class DetectionModel:  # what an Ultralytics checkpoint names, here a module that is its own child
+        pass
+
+    DetectionModel.__module__, DetectionModel.__qualname__ = "models.yolo", "DetectionModel"
+    fake.DetectionModel = DetectionModel
+    monkeypatch.setitem(sys.modules, "models", types.ModuleType("models"))
+    monkeypatch.setitem(sys.modules, "models.yolo", fake)
+    looped = DetectionModel()
+    looped.yaml, looped._parameters, looped._buffers = tiny.yaml, {}, {}
+    looped._modules = {"model": looped}
+    torch.save({"model": looped, "epoch": 1}, tmp_path / "loop.pt")
+    with pytest.raises(WeightsError, match=r"loop\.pt: refused: the pickled modules form a cycle"):
+        load_model(tmp_path / "loop.pt")

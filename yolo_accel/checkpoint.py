@@ -65,7 +65,10 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     if metadata.get("format") != FORMAT:
         raise WeightsError(f"{path}: no {FORMAT} metadata in the header (write it with save_weights, or import "
                            f"an Ultralytics .pt with `yolo-accel convert`)")
-    if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
+    version = metadata.get("format_version", "0")
+    if not version.isdigit():
+        raise WeightsError(f"{path}: format_version {version[:40]!r} in the header is not a number")
+    if int(version) > FORMAT_VERSION:
         raise WeightsError(f"{path}: format version {metadata['format_version']} is newer than this yolo-accel "
                            f"reads ({FORMAT_VERSION}); upgrade yolo-accel")
     return state, metadata
@@ -239,6 +242,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", pickle_module=restricted_pickle, weights_only=False)
     except UnsafeCheckpointError as err:
         raise UnsafeCheckpointError(f"{path}: {err}") from None
+    except RecursionError:
+        raise WeightsError(f"{path}: refused: the pickle nests deeper than any checkpoint does") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as err:
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), StandIn):
@@ -246,16 +251,29 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def module_state_dict(module: StandIn, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Parameters and persistent buffers of a stand-in module tree, keyed like nn.Module.state_dict()."""
+MAX_MODULE_DEPTH = 32  # YOLOv5 models nest 5 deep
+
+
+def module_state_dict(module: StandIn, prefix: str = "", _path: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers of a stand-in module tree, keyed like nn.Module.state_dict(); a module
+    that contains itself, or nesting past MAX_MODULE_DEPTH, is refused (WeightsError)."""
+    if id(module) in _path or len(_path) > MAX_MODULE_DEPTH:
+        raise WeightsError(f"refused: the pickled modules form a cycle or nest too deep (at {prefix or 'the top'})")
     state: dict[str, torch.Tensor] = {}
-    skip = set(getattr(module, "_non_persistent_buffers_set", ()))
-    for name, value in {**getattr(module, "_parameters", {}), **getattr(module, "_buffers", {})}.items():
-        if isinstance(value, torch.Tensor) and name not in skip:
+    skip = getattr(module, "_non_persistent_buffers_set", ())
+    skip = set(skip) if isinstance(skip, (set, frozenset, list, tuple)) else set()
+    tensors = {}
+    for table in ("_parameters", "_buffers"):
+        entries = getattr(module, table, {})
+        if isinstance(entries, dict):
+            tensors.update(entries)
+    for name, value in tensors.items():
+        if isinstance(name, str) and isinstance(value, torch.Tensor) and name not in skip:
             state[prefix + name] = value.detach()
-    for name, child in getattr(module, "_modules", {}).items():
+    children = getattr(module, "_modules", {})
+    for name, child in (children.items() if isinstance(children, dict) else ()):
         if isinstance(child, StandIn):
-            state.update(module_state_dict(child, f"{prefix}{name}."))
+            state.update(module_state_dict(child, f"{prefix}{name}.", (*_path, id(module))))
     return state
 
 
@@ -267,7 +285,11 @@ def import_ultralytics(path: str | Path) -> tuple[DetectionModel, list[str], dic
     if not isinstance(cfg, dict):
         raise WeightsError(f"{path}: the pickled model has no yaml dict to rebuild it from")
     model = DetectionModel(cfg, source=f"{path} (model yaml)")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in module_state_dict(source).items()}
+    try:
+        tensors = module_state_dict(source)
+    except WeightsError as err:
+        raise WeightsError(f"{path}: {err}") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     load_state_dict_checked(model, state, str(path))
     names = getattr(source, "names", None)
     if isinstance(names, dict):

@@ -21,6 +21,13 @@ MODEL_KEYS = {"nc", "depth_multiple", "width_multiple", "anchors", "backbone", "
 CHANNEL_MODULES = {"Conv": Conv, "Bottleneck": Bottleneck, "C3": C3, "SPPF": SPPF}
 REPEAT_MODULES = {"C3"}  # the depth repeat goes into the module, not an nn.Sequential around it
 ACTIVATIONS = {"nn.SiLU": nn.SiLU, "nn.ReLU": nn.ReLU, "nn.Hardswish": nn.Hardswish, "nn.LeakyReLU": nn.LeakyReLU}
+# bounds on what a yaml (or a weights file's header) may ask for, checked before anything is allocated
+MAX_CLASSES = 10_000  # LVIS has 1203, Objects365 365
+MAX_CHANNELS = 8192  # after width scaling (yolov5x: 1280); the build's 256 px probe stays well under 1 GB
+MAX_MULTIPLE = 10.0  # depth/width multiples (yolov5x: 1.33/1.25)
+MAX_LAYERS = 1000
+MAX_REPEATS = 1000
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of fp32 weights; yolov5x6 has 141M
 
 
 def make_divisible(x: float, divisor: int) -> int:
@@ -98,6 +105,8 @@ class DetectionModel(nn.Module):
     def __init__(self, cfg: dict[str, Any], nc: int | None = None, anchors: list | None = None,
                  source: str = "model yaml"):
         super().__init__()
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{source}: a model yaml must be a mapping, got {type(cfg).__name__}")
         cfg = copy.deepcopy(cfg)
         check_keys(cfg, MODEL_KEYS, {"nc", "depth_multiple", "width_multiple", "anchors", "backbone", "head"}, source)
         if nc is not None:
@@ -106,6 +115,11 @@ class DetectionModel(nn.Module):
             cfg["anchors"] = anchors
         cfg.setdefault("ch", 3)
         self.yaml = cfg
+        with torch.device("meta"):  # its size first, with no memory behind it
+            parameters = sum(p.numel() for p in parse_model(cfg, source)[0].parameters())
+        if parameters > MAX_PARAMETERS:
+            raise ConfigError(f"{source}: the model would have {parameters:,} parameters (at most "
+                              f"{MAX_PARAMETERS:,}); check nc, width_multiple and the channel counts")
         self.model, self.sources, self.save = parse_model(cfg, source)
         self.names = [str(i) for i in range(cfg["nc"])]
 
@@ -209,8 +223,13 @@ def parse_model(cfg: dict[str, Any], source: str) -> tuple[nn.Sequential, list, 
     Returns (layers, sources per layer, indices whose outputs later layers read).
     """
     nc, gd, gw, anchors = cfg["nc"], cfg["depth_multiple"], cfg["width_multiple"], cfg["anchors"]
-    if not isinstance(nc, int) or nc < 1:
-        raise ConfigError(f"{source}: nc must be a positive integer, got {nc!r}")
+    if not isinstance(nc, int) or isinstance(nc, bool) or not 1 <= nc <= MAX_CLASSES:
+        raise ConfigError(f"{source}: nc must be an integer from 1 to {MAX_CLASSES}, got {nc!r}")
+    for key, value in (("depth_multiple", gd), ("width_multiple", gw)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= MAX_MULTIPLE:
+            raise ConfigError(f"{source}: {key} must be a number in (0, {MAX_MULTIPLE}], got {value!r}")
+    if not isinstance(cfg["ch"], int) or not 1 <= cfg["ch"] <= 64:
+        raise ConfigError(f"{source}: ch (input channels) must be an integer from 1 to 64, got {cfg['ch']!r}")
     if isinstance(anchors, int) and anchors > 0:  # a count per level: placeholders that AutoAnchor replaces
         na = anchors
     elif isinstance(anchors, list) and anchors:
@@ -220,12 +239,18 @@ def parse_model(cfg: dict[str, Any], source: str) -> tuple[nn.Sequential, list, 
     outputs_per_level = na * (nc + 5)
     # yolov5 parity: one activation instance shared by every Conv, so module counts match its summary
     act = _activation(cfg["activation"], source) if cfg.get("activation") else nn.SiLU()
+    if not all(isinstance(cfg[k], list) for k in ("backbone", "head")):
+        raise ConfigError(f"{source}: backbone and head must be lists of layers")
     rows = list(cfg["backbone"]) + list(cfg["head"])
+    if not 1 <= len(rows) <= MAX_LAYERS:
+        raise ConfigError(f"{source}: {len(rows)} layers (at most {MAX_LAYERS})")
     layers, sources, save, ch = [], [], set(), [cfg["ch"]]
     for i, row in enumerate(rows):
-        if not (isinstance(row, list) and len(row) == 4):
+        if not (isinstance(row, list) and len(row) == 4 and isinstance(row[3], list)):
             raise ConfigError(f"{source}: layer {i} must be [from, number, module, args], got {row!r}")
         src, n, name, args = row
+        if not isinstance(n, int) or not 1 <= n <= MAX_REPEATS:
+            raise ConfigError(f"{source}: layer {i}: number must be an integer from 1 to {MAX_REPEATS}, got {n!r}")
         args = [_resolve_arg(a, cfg) for a in args]
         n = max(round(n * gd), 1) if n > 1 else n
         try:
@@ -234,6 +259,8 @@ def parse_model(cfg: dict[str, Any], source: str) -> tuple[nn.Sequential, list, 
                 c1, c2 = ch[src], args[0]
                 if c2 != outputs_per_level:
                     c2 = make_divisible(c2 * gw, 8)
+                if not 1 <= c2 <= MAX_CHANNELS:
+                    raise ConfigError(f"{source}: layer {i}: {c2} output channels (at most {MAX_CHANNELS})")
                 args = [c1, c2, *args[1:]]
                 if name in REPEAT_MODULES:
                     args.insert(2, n)
@@ -254,6 +281,8 @@ def parse_model(cfg: dict[str, Any], source: str) -> tuple[nn.Sequential, list, 
                 raise ConfigError(f"{source}: layer {i}: unknown module {name!r} (supported: "
                                   f"{', '.join([*CHANNEL_MODULES, 'Concat', 'nn.Upsample', 'Detect'])})")
             layer = nn.Sequential(*(cls(*args, **kwargs) for _ in range(n))) if n > 1 else cls(*args, **kwargs)
+        except ConfigError:
+            raise
         except (IndexError, TypeError, ValueError) as err:
             raise ConfigError(f"{source}: layer {i} {row!r}: {err}") from None
         sources.append(src)
