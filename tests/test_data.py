@@ -140,6 +140,8 @@ def test_bad_inputs_are_reported_per_file_and_skipped(dataset_root, caplog):
     (labels / "neg.txt").write_text("0 -0.5 0.5 0.2 0.2\n")
     write_image(train / "big.png")
     (labels / "big.txt").write_text("0 0.5 0.5 1.7 0.2\n")
+    write_image(train / "nan.png")
+    (labels / "nan.txt").write_text("0 0.5 0.5 0.2 0.2\n0 nan 0.5 0.2 inf\n")
     write_image(train / "dup.png")
     (labels / "dup.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n")
     write_image(train / "poly.png")
@@ -162,13 +164,14 @@ def test_bad_inputs_are_reported_per_file_and_skipped(dataset_root, caplog):
     assert "cols.txt: ignoring image and label: labels need 5 columns" in text
     assert "neg.txt: ignoring image and label: negative label values" in text
     assert "big.txt: ignoring image and label: non-normalised or out of bounds" in text
+    assert "nan.txt: ignoring image and label: non-finite values (nan or inf) in row(s) [2]" in text
     assert "dup.png: 1 duplicate labels removed" in text
     assert "trunc.jpg: truncated JPEG, restored when loaded" in text
     names = {p.name: i for i, p in enumerate(index.images)}
     assert set(names) == {"0.png", "1.png", "2.png", "3.png", "dup.png", "poly.png", "background.png",
                           "empty.png", "trunc.jpg"}
-    assert index.counts == {"found": 6, "missing": 2, "empty": 1, "corrupt": 5}
-    assert index.summary() == "9 images, 3 backgrounds, 5 corrupt"
+    assert index.counts == {"found": 6, "missing": 2, "empty": 1, "corrupt": 6}
+    assert index.summary() == "9 images, 3 backgrounds, 6 corrupt"
     assert len(index.labels[names["dup.png"]]) == 1
     np.testing.assert_allclose(index.labels[names["poly.png"]], [[1, 0.3, 0.2, 0.4, 0.2]], atol=1e-6)
     assert len(index.segments[names["poly.png"]]) == 1
@@ -185,6 +188,15 @@ def test_class_id_beyond_nc_stops_with_a_fix(dataset_root):
     dataset = YoloDataset(scan_labels(list_images(cfg, "train")))
     with pytest.raises(DataError, match=r"label class 4 exceeds nc=2 \(e.g. in .*2\.png\)"):
         check_labels(dataset, cfg.nc, str(cfg.source))
+
+
+def test_validation_class_ids_beyond_nc_stop_before_training(dataset_root):
+    (dataset_root / "labels" / "val" / "1.txt").write_text("7 0.5 0.5 0.2 0.2\n")
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", val="images/val",
+                                      names=["a", "b"]))
+    dataset = YoloDataset(scan_labels(list_images(cfg, "val")))
+    with pytest.raises(DataError, match=r"validation label class 7 exceeds nc=2 \(e.g. in .*1\.png\)"):
+        check_labels(dataset, cfg.nc, str(cfg.source), split="validation")
 
 
 def test_no_labels_at_all_stops(dataset_root):
@@ -209,7 +221,15 @@ def test_cache_is_reused_then_rebuilt_when_stale(dataset_root, caplog):
         again = scan_labels(images)
     assert "(cached)" in caplog.text
     assert [x.tolist() for x in again.labels] == [x.tolist() for x in first.labels]
-    (dataset_root / "labels" / "train" / "1.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    label = dataset_root / "labels" / "train" / "1.txt"
+    edited = label.read_text().replace("0 0.", "0 1.", 1).replace("0.234375", "0.234377")  # same length
+    assert len(edited) == len(label.read_text())
+    label.write_text(edited)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="yolo_accel"):
+        scan_labels(images)
+    assert "(cached)" not in caplog.text  # an edit that keeps the size still makes the cache stale
+    label.write_text("0 0.5 0.5 0.25 0.25\n")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="yolo_accel"):
         fresh = scan_labels(images)
@@ -496,3 +516,16 @@ def test_big_jpegs_decode_reduced_and_boxes_still_follow_the_pixels(tmp_path):
     image, labels, _, _, _ = dataset[0]
     assert image.shape == (3, 256, 256)
     assert white_fraction(image.numpy(), labels[0, 2:].tolist()) > 0.9
+
+
+def test_an_image_that_fails_to_decode_is_named_and_skipped(twelve_images, caplog):
+    broken = twelve_images.images[4]
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg any more")  # changed after the scan
+    dataset = YoloDataset(twelve_images, imgsz=64, augment=True, hyp=HYP)
+    with caplog.at_level(logging.WARNING, logger="yolo_accel"):
+        batch = dataset.__getitems__([(0, i) for i in range(10)])
+    assert len(batch) == 10 and f"{broken}: cannot be decoded" in caplog.text
+    validation = YoloDataset(twelve_images, imgsz=64, rect=True, batch_size=4)
+    position = validation.files.index(broken)
+    image, labels, path, shapes, _ = validation.__getitems__([position])[0]
+    assert path == str(broken) and len(labels) == 0 and (image == 114).all() and shapes is not None

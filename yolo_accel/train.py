@@ -327,6 +327,7 @@ def build_data(run: Run, model: DetectionModel) -> Data:
     check_labels(train_set, run.nc, str(run.data.source))
     val_set = YoloDataset(val_index, imgsz, batch_size * 2, rect=True, stride=grid_stride, pad=0.5,
                           single_cls=config.single_cls, cache=config.cache, seed=config.seed, prefix="val: ")
+    check_labels(val_set, run.nc, str(run.data.source), split="validation")
     train_loader = build_dataloader(train_set, batch_per_device, config.workers, shuffle=not config.rect,
                                     seed=config.seed, pin_memory=accelerator.device.type == "cuda")
     val_loader, val_indices = build_val_batches(val_set, batch_size * 2, config.workers * 2,

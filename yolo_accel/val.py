@@ -16,7 +16,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from .boxes import xyxy_to_xywh
 from .checkpoint import load_model
 from .config import ConfigError
-from .data.dataset import YoloDataset
+from .data.dataset import YoloDataset, check_labels
 from .data.labels import scan_labels
 from .data.loader import collate, init_worker
 from .data.sources import list_images, load_data_config
@@ -155,6 +155,7 @@ def validate(data: str, weights: list[str], *, batch_size: int = 32, imgsz: int 
         size = -(-imgsz // stride) * stride
         dataset = YoloDataset(index, size, batch_size, rect=task != "speed", stride=stride, pad=0.5,
                               single_cls=single_cls)
+        check_labels(dataset, nc, str(config.source), split=split)
         loader, indices = build_val_batches(dataset, batch_size, workers, accelerator.process_index,
                                             accelerator.num_processes)
         names = ["item"] if single_cls else config.names

@@ -33,7 +33,7 @@ from .augment import (
     warp_image,
     warp_labels,
 )
-from .images import read_image, reduction_for
+from .images import ImageDecodeError, read_image, reduction_for
 from .labels import LabelIndex
 
 LOGGER = logging.getLogger("yolo_accel")
@@ -43,6 +43,7 @@ Sample = tuple[np.ndarray, torch.Tensor, str, Shapes, np.ndarray | None]
 Decoded = tuple[np.ndarray, tuple[int, int], tuple[int, int]]
 # a batch with at least this many different images draws its mosaic partners from itself (see __getitems__)
 MIN_PARTNER_POOL = 8
+MAX_REPLACEMENTS = 8  # a training sample whose image cannot be decoded is replaced by the next one's, this often
 
 
 def available_memory() -> int:
@@ -269,12 +270,38 @@ class YoloDataset(Dataset):
 
     def _image(self, i: int, decoded: dict[int, Decoded]) -> Decoded:
         if i not in decoded:
-            decoded[i] = self.load_image(i)
+            try:
+                decoded[i] = self.load_image(i)
+            except ImageDecodeError as err:
+                decoded[i] = err  # fail again at once if another sample of the batch needs it
+        if isinstance(decoded[i], ImageDecodeError):
+            raise decoded[i]
         return decoded[i]
 
     def sample(self, epoch: int, index: int, pool: list[int] | None, decoded: dict[int, Decoded]) -> Sample:
         """Sample `index` of `epoch`; mosaic partners come from `pool` (else the whole dataset), images from and
-        into `decoded`."""
+        into `decoded`. An image that cannot be decoded is reported and skipped: in training the next image's
+        sample takes its place, in validation a grey image without labels (both the same every epoch)."""
+        for attempt in range(MAX_REPLACEMENTS + 1):
+            try:
+                return self._sample(epoch, (index + attempt) % len(self), pool, decoded)
+            except ImageDecodeError as err:
+                LOGGER.warning(f"{self.prefix}WARNING ⚠️ {err}; skipping it")
+                if not self.augment:
+                    return self._blank_sample(index)
+        raise ImageDecodeError(f"{self.prefix}{MAX_REPLACEMENTS + 1} images in a row around "
+                               f"{os.fsdecode(self.paths[index])} cannot be decoded; check the dataset")
+
+    def _blank_sample(self, index: int) -> Sample:
+        """A grey image in place of image `index`, letterboxed as it would be, with no labels."""
+        h, w = self.resized_shape(index)
+        h0, w0 = int(self.shapes[index][1]), int(self.shapes[index][0])
+        shape = tuple(self.batch_shapes[self.batch_index[index]]) if self.rect else self.imgsz
+        image, ratio, pad = letterbox(np.full((h, w, 3), FILL, np.uint8), shape, auto=False, scaleup=False)
+        shapes = (h0, w0), ((h * ratio[1] / h0, w * ratio[0] / w0), (float(pad[0]), float(pad[1])))
+        return image, torch.zeros((0, 6)), os.fsdecode(self.paths[index]), shapes, None
+
+    def _sample(self, epoch: int, index: int, pool: list[int] | None, decoded: dict[int, Decoded]) -> Sample:
         rng = np.random.default_rng([self.seed, epoch, index])
         hyp = self.hyp
         shapes: Shapes = None
@@ -400,17 +427,20 @@ def labels_to_image_weights(labels: list[np.ndarray], nc: int, class_weights: np
     return (class_weights.reshape(1, nc) * counts).sum(1)
 
 
-def check_labels(dataset: YoloDataset, nc: int, source: str) -> None:
-    """Stop before training on class ids >= nc or no labels at all, saying what to fix."""
+def check_labels(dataset: YoloDataset, nc: int, source: str, split: str = "training") -> None:
+    """Stop before training on class ids >= nc (any split) or, in the training split, no labels at all, saying what
+    to fix."""
     from .sources import DataError
 
-    nonempty = [x for x in dataset.labels if len(x)]
-    if not nonempty:
+    classes = dataset.labels.data[:, 0]
+    if not len(classes):
+        if split != "training":
+            return
         raise DataError(f"{source}: no labels found in {len(dataset)} training images; label files belong in a "
                         f"'labels' folder beside 'images' (image .../images/a.jpg -> .../labels/a.txt)")
-    top = int(max(x[:, 0].max() for x in nonempty))
+    top = int(classes.max())
     if top >= nc:
         bad = next(f for f, x in zip(dataset.files, dataset.labels) if len(x) and x[:, 0].max() >= nc)
-        raise DataError(f"{source}: label class {top} exceeds nc={nc} (e.g. in {bad}); class ids run 0..{nc - 1} "
-                        f"— fix the labels or the names in the dataset yaml")
+        raise DataError(f"{source}: {split} label class {top} exceeds nc={nc} (e.g. in {bad}); class ids run "
+                        f"0..{nc - 1} — fix the labels or the names in the dataset yaml")
 

@@ -21,6 +21,10 @@ _REDUCED = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYS
 _truncated_lock = threading.Lock()  # Pillow's switch for truncated files is one global
 
 
+class ImageDecodeError(OSError):
+    """An image file that neither OpenCV nor Pillow can decode; the message names it."""
+
+
 def reduction_for(long_side: int, target: int, path: Path) -> int:
     """The largest of 8, 4 and 2 by which a JPEG with this long side can be decoded and still have a long side of
     at least `target`; 1 for smaller shrinks and for other formats (their decoders cannot skip work)."""
@@ -37,7 +41,10 @@ def read_image(path: Path, reduce: int = 1, restore: bool = False) -> np.ndarray
         image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB | _REDUCED[reduce])
         if image is not None:
             return image
-    return np.asarray(open_image(path, restore=restore, reduce=reduce))
+    try:
+        return np.asarray(open_image(path, restore=restore, reduce=reduce))
+    except (OSError, ValueError, SyntaxError) as err:  # what Pillow's decoders raise on bad data
+        raise ImageDecodeError(f"{path}: cannot be decoded ({err})") from None
 
 
 def open_image(path: Path, restore: bool = False, reduce: int = 1) -> Image.Image:

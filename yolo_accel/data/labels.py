@@ -113,6 +113,9 @@ def parse_label_file(path: Path) -> tuple[np.ndarray, list[np.ndarray], str, str
         if "could not convert" in str(err):
             raise ValueError(f"non-numeric value ({err})") from None
         raise
+    if not np.isfinite(labels).all():
+        bad = [i + 1 for i, row in enumerate(labels) if not np.isfinite(row).all()]
+        raise ValueError(f"non-finite values (nan or inf) in row(s) {bad}")
     if (labels < 0).any():
         raise ValueError(f"negative label values {labels[labels < 0].tolist()}")
     if (labels[:, 1:] > 1).any():
@@ -131,11 +134,17 @@ def parse_label_file(path: Path) -> tuple[np.ndarray, list[np.ndarray], str, str
 
 
 def dataset_hash(images: list[Path], label_files: list[Path]) -> str:
-    """Hash of every path and the size of every existing file: changes when files are added, removed or edited."""
+    """Hash of every path and the size and modification time of every existing file: changes when files are added,
+    removed or edited (an edit that keeps the size included)."""
     digest = hashlib.sha256(str(CACHE_VERSION).encode())
     for p in [*label_files, *images]:
+        try:
+            stat = p.stat()
+            mark = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            mark = "-1"
         digest.update(str(p).encode())
-        digest.update(str(p.stat().st_size if p.exists() else -1).encode())
+        digest.update(mark.encode())
     return digest.hexdigest()
 
 
