@@ -529,3 +529,32 @@ def test_an_image_that_fails_to_decode_is_named_and_skipped(twelve_images, caplo
     position = validation.files.index(broken)
     image, labels, path, shapes, _ = validation.__getitems__([position])[0]
     assert path == str(broken) and len(labels) == 0 and (image == 114).all() and shapes is not None
+
+
+def test_fifos_devices_and_link_loops_are_skipped_in_bounded_time(dataset_root, caplog):
+    import os
+    import time
+
+    train = dataset_root / "images" / "train"
+    os.mkfifo(train / "pipe.png")  # opening it would block forever
+    (train / "self").symlink_to(".")  # a ** glob over it would recurse without end
+    (train / "up").symlink_to("..")
+    listing = dataset_root / "list.txt"
+    listing.write_text("images/train/0.png\nimages/train/pipe.png\n/dev/zero\n")
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="yolo_accel"):
+        folder = list_images(load_data_config(write_yaml(dataset_root / "a.yaml", train="images/train",
+                                                         names=["a"])), "train")
+        globbed = list_images(load_data_config(write_yaml(dataset_root / "b.yaml", train="images/**/*.png",
+                                                          names=["a"])), "train")
+        listed = list_images(load_data_config(write_yaml(dataset_root / "c.yaml", train="list.txt", names=["a"])),
+                             "train")
+    assert time.perf_counter() - start < 10
+    assert [p.name for p in folder] == ["0.png", "1.png", "2.png", "3.png"]
+    assert [p.relative_to(dataset_root).as_posix() for p in globbed] == [  # each file once
+        *(f"images/train/{i}.png" for i in range(4)), "images/val/0.png", "images/val/1.png"]
+    assert [p.name for p in listed] == ["0.png"]
+    assert "skipping" in caplog.text and "pipe.png: not a regular file" in caplog.text
+    with pytest.raises(DataError, match=r"pipe\.png: not a regular file"):
+        list_images(load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train/pipe.png",
+                                                names=["a"])), "train")

@@ -211,6 +211,7 @@ def detect(
         fail("detect needs --source (image, folder, glob or .txt list) and --weights")
     if device and device != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = device
+    from .data.sources import DataError
     from .predict import detect as run_detect
 
     try:
@@ -223,7 +224,7 @@ def detect(
                    save_crop=save_crop, nosave=nosave, line_thickness=line_thickness, hide_labels=hide_labels,
                    hide_conf=hide_conf, half=half, project=project, name=name, exist_ok=exist_ok,
                    batch_size=batch_size, device=device)
-    except (ConfigError, WeightsError) as err:
+    except (ConfigError, WeightsError, DataError) as err:
         fail(str(err))
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,17 +95,68 @@ def missing_data_message(config: DataConfig, split: str, missing: Path) -> str:
     return message
 
 
+def is_special_file(path: Path) -> bool:
+    """A FIFO, socket or device: opening one can block forever or read without end."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _matches(parts: tuple[str, ...], patterns: tuple[str, ...]) -> bool:
+    """glob's rules on path segments: `**` spans any number of folders, wildcards skip hidden names."""
+    if not patterns:
+        return not parts
+    if patterns[0] == "**":
+        return any(_matches(parts[i:], patterns[1:]) for i in range(len(parts) + 1))
+    if not parts or (parts[0].startswith(".") and not patterns[0].startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], patterns[0]) and _matches(parts[1:], patterns[1:])
+
+
+def glob_files(pattern: str) -> list[Path]:
+    """Regular files matching a glob. `**` walks folders visiting each one once, so links that loop back (a `**`
+    over a link to `.`) end the walk instead of recursing without end, as glob.glob would."""
+    if "**" not in pattern:
+        return [Path(p) for p in glob.glob(pattern) if not is_special_file(Path(p)) and os.path.isfile(p)]
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    patterns = parts[fixed:]
+    found, seen = [], set()
+    for root, folders, files in os.walk(base, followlinks=True):
+        info = os.stat(root)
+        if (info.st_dev, info.st_ino) in seen:  # reached again through a link: its files are already listed
+            folders[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        relative = Path(root).relative_to(base).parts
+        for name in files:
+            path = Path(root) / name
+            if _matches((*relative, name), patterns) and path.is_file():
+                found.append(path)
+    return found
+
+
 def expand_entry(entry: Path) -> list[Path] | None:
-    """Files named by one entry: a glob, a folder (recursive), a .txt list (relative lines: to its folder) or a
-    file; None if it names nothing that exists."""
+    """Regular files named by one entry: a glob, a folder (recursive), a .txt list (relative lines: to its folder)
+    or a file; None if it names nothing that exists. FIFOs, sockets and devices are left out with a warning."""
     text = str(entry)
     if any(ch in text for ch in "*?["):
-        return [Path(p) for p in glob.glob(text, recursive=True)]
+        return glob_files(text)
     if entry.is_dir():
-        return [p for p in entry.rglob("*") if p.is_file()]
+        return [p for p in entry.rglob("*") if p.is_file()]  # rglob does not follow links into folders
     if entry.is_file() and entry.suffix == ".txt":
-        lines = [line.strip() for line in entry.read_text().splitlines() if line.strip()]
-        return [Path(line) if Path(line).is_absolute() else (entry.parent / line) for line in lines]
+        lines = [line.strip() for line in entry.read_text(errors="replace").splitlines() if line.strip()]
+        listed = [Path(line) if Path(line).is_absolute() else (entry.parent / line) for line in lines]
+        special = [p for p in listed if is_special_file(p)]
+        for path in special[:5]:
+            LOGGER.warning(f"WARNING ⚠️ {entry}: skipping {path}: not a regular file (a FIFO, socket or device)")
+        return [p for p in listed if p not in special] if special else listed
+    if is_special_file(entry):
+        raise DataError(f"{entry}: not a regular file (a FIFO, socket or device); name an image, a folder, a glob "
+                        f"or a .txt list")
     return [entry] if entry.is_file() else None
 
 
