@@ -256,3 +256,26 @@ def test_amp_check_passes_bf16_and_catches_a_broken_autocast(monkeypatch):
 
     monkeypatch.setattr(model, "forward", drifting)
     assert not check_amp(model, torch.device("cpu"), 64, torch.bfloat16)
+
+
+def test_a_loss_that_turns_nan_stops_training_before_saving_it(tiny_data, tmp_path, monkeypatch):
+    from yolo_accel.engine import NonFiniteLoss
+    from yolo_accel.loss import DetectionLoss
+
+    original = DetectionLoss.forward
+    calls = []
+
+    def diverging(self, predictions, targets):
+        loss, items = original(self, predictions, targets)
+        calls.append(1)
+        if len(calls) > 4:  # after the first epoch (3 training batches, one validation batch)
+            return loss * float("nan"), items * float("nan")
+        return loss, items
+
+    monkeypatch.setattr(DetectionLoss, "forward", diverging)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite .* at epoch 1, batch"):
+        train(tiny_config(tiny_data, tmp_path))
+    run = tmp_path / "exp"
+    assert [r["epoch"] for r in read_results(run / "results.csv")] == [0]
+    saved = load_model(run / "weights" / "last.safetensors")
+    assert all(torch.isfinite(v).all() for v in saved.state_dict().values())

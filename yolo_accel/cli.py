@@ -51,6 +51,24 @@ Optimizer = Annotated[str, typer.Option(help="SGD, Adam or AdamW")]
 CosLr = Annotated[bool, typer.Option("--cos-lr", help="cosine LR schedule")]
 
 
+def select_device(device: str) -> None:
+    """--device cpu, or CUDA indices ("0" or "0,1"): those become the only visible GPUs, and asking for one that is
+    not there is an error naming what is (never a silent fall back to the CPU)."""
+    if device in ("", "cpu"):
+        return
+    indices = device.replace(" ", "").split(",")
+    if not all(i.isdigit() for i in indices):
+        fail(f"--device {device!r}: use cpu, or CUDA indices like 0 or 0,1")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(indices)
+    import torch
+
+    if not torch.cuda.is_available():
+        fail(f"--device {device}: no CUDA device is available here (the devices are: cpu); use --device cpu")
+    if torch.cuda.device_count() < len(indices):
+        fail(f"--device {device}: only {torch.cuda.device_count()} of these CUDA devices exist here "
+             f"(nvidia-smi lists them)")
+
+
 def setup_logging() -> None:
     """INFO on the main process, warnings only on the others (ranks come from the launcher's environment)."""
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
@@ -110,10 +128,10 @@ def train(
 ) -> None:
     """Train a YOLOv5 model (`accelerate launch cli.py train ...` for several processes)."""
     setup_logging()
-    if device and device != "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    select_device(device)
     from .config import TrainConfig
     from .data.sources import DataError
+    from .engine import NonFiniteLoss
     from .state import StateError
     from .train import TrainingInterrupted
     from .train import train as run_training
@@ -136,7 +154,7 @@ def train(
             run_training(config)
     except TrainingInterrupted:
         raise typer.Exit(0) from None  # a deliberate stop: the state is saved and the message says how to resume
-    except (ConfigError, WeightsError, DataError, StateError) as err:
+    except (ConfigError, WeightsError, DataError, StateError, NonFiniteLoss) as err:
         fail(str(err))
 
 
@@ -167,8 +185,7 @@ def val(
 ) -> None:
     """Validate weights on a dataset split (`accelerate launch cli.py val ...` shards it over processes)."""
     setup_logging()
-    if device and device != "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    select_device(device)
     from .data.sources import DataError
     from .val import validate
 
@@ -209,8 +226,7 @@ def detect(
     setup_logging()
     if not source or not weights:
         fail("detect needs --source (image, folder, glob or .txt list) and --weights")
-    if device and device != "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    select_device(device)
     from .data.sources import DataError
     from .predict import detect as run_detect
 
@@ -244,8 +260,7 @@ def export(
     setup_logging()
     if not weights:
         fail("export needs --weights")
-    if device and device != "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    select_device(device)
     from .export import FORMATS
     from .export import export as run_export
 
@@ -285,8 +300,7 @@ def evolve(
 ) -> None:
     """Evolve hyperparameters with YOLOv5's genetic search; workers share evolve.csv through a file lock."""
     setup_logging()
-    if device and device != "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    select_device(device)
     from .config import TrainConfig
     from .data.sources import DataError
     from .evolve import evolve as run_evolve

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -62,6 +63,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def check_options(*checks: tuple[bool, str]) -> None:
+    """Raise ConfigError with the message of the first (ok, message) check that failed."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def inference_checks(imgsz: int, conf_thres: float, iou_thres: float, max_det: int, batch_size: int
+                     ) -> list[tuple[bool, str]]:
+    """The option checks val and detect share."""
+    return [(imgsz >= 32, f"--imgsz must be at least 32, got {imgsz}"),
+            (0 <= conf_thres <= 1, f"--conf-thres must be in [0, 1], got {conf_thres}"),
+            (0 <= iou_thres <= 1, f"--iou-thres must be in [0, 1], got {iou_thres}"),
+            (max_det >= 1, f"--max-det must be at least 1, got {max_det}"),
+            (batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}")]
+
+
 def check_keys(data: dict[str, Any], allowed: set[str], required: set[str], source: str) -> None:
     """Raise on keys outside `allowed` or missing from `required`, naming `source`."""
     unknown = sorted(set(data) - allowed)
@@ -79,14 +97,32 @@ HYP_KEYS = {"lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_m
 OPTIONAL_HYP_KEYS = {"anchors", "label_smoothing"}  # anchors per level (evolve), smoothing (older hyps)
 
 
+# (low, high, low included) per hyperparameter: values outside make training fail or mean nothing
+HYP_RANGES = {
+    "lr0": (0, 10, False), "lrf": (0, 10, False), "momentum": (0, 1, True), "weight_decay": (0, 1, True),
+    "warmup_epochs": (0, 1000, True), "warmup_momentum": (0, 1, True), "warmup_bias_lr": (0, 10, True),
+    "box": (0, 1000, True), "cls": (0, 1000, True), "cls_pw": (0, 1000, False), "obj": (0, 1000, True),
+    "obj_pw": (0, 1000, False), "iou_t": (0, 1, False), "anchor_t": (1, 1000, True), "fl_gamma": (0, 100, True),
+    "hsv_h": (0, 1, True), "hsv_s": (0, 1, True), "hsv_v": (0, 1, True), "degrees": (0, 360, True),
+    "translate": (0, 1, True), "scale": (0, 1, True), "shear": (0, 90, True), "perspective": (0, 0.1, True),
+    "flipud": (0, 1, True), "fliplr": (0, 1, True), "mosaic": (0, 1, True), "mixup": (0, 1, True),
+    "copy_paste": (0, 1, True), "anchors": (1, 20, True), "label_smoothing": (0, 1, True)}
+
+
 def load_hyp(name: str | Path) -> dict[str, float]:
-    """A hyperparameter yaml (shipped name like 'scratch-low' or a path), every YOLOv5 key present, no others."""
+    """A hyperparameter yaml (shipped name like 'scratch-low' or a path), every YOLOv5 key present, no others,
+    each a finite number in its range."""
     path = resolve_config(name, "hyps")
     hyp = read_yaml(path)
     check_keys(hyp, HYP_KEYS | OPTIONAL_HYP_KEYS, HYP_KEYS, str(path))
     bad = [k for k, v in hyp.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
     if bad:
         raise ConfigError(f"{path}: hyperparameters must be numbers: {', '.join(bad)}")
+    for key, value in hyp.items():
+        low, high, low_included = HYP_RANGES[key]
+        if not (math.isfinite(value) and (low <= value if low_included else low < value) and value <= high):
+            bracket = "[" if low_included else "("
+            raise ConfigError(f"{path}: {key}: {value} is outside {bracket}{low}, {high}]")
     return {k: float(v) for k, v in hyp.items()}
 
 
@@ -225,13 +261,14 @@ class TrainConfig:
              "--log-with must be wandb, tensorboard, all or none"),
             (config.cache in (None, "ram", "disk"), "--cache must be ram or disk"),
             (config.epochs >= 1, "--epochs must be at least 1"),
+            (config.workers >= 0, f"--workers must be 0 or more, got {config.workers}"),
+            (config.close_mosaic >= 0, f"--close-mosaic must be 0 or more, got {config.close_mosaic}"),
+            (all(f >= 0 for f in config.freeze), "--freeze takes layer counts or indices of 0 or more"),
             (config.batch_size >= 1 or config.batch_size == -1, "--batch-size must be positive, or -1 for AutoBatch"),
             (config.imgsz >= 32, "--imgsz must be at least 32"),
             (0 <= config.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        check_options(*checks)
         return config
 
     @classmethod

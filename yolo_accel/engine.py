@@ -181,12 +181,21 @@ class StepPlan:
     batches_per_epoch: int
 
 
+class NonFiniteLoss(RuntimeError):
+    """The training loss became nan or inf; nothing of the diverged step was saved."""
+
+
+def any_process(accelerator: Accelerator, *flags: bool) -> list[bool]:
+    """Each flag True on every process if it is True on any (one all-reduce for all of them)."""
+    if accelerator.num_processes == 1:
+        return list(flags)
+    summed = accelerator.reduce(torch.tensor([float(f) for f in flags], device=accelerator.device), reduction="sum")
+    return [bool(v > 0) for v in summed.tolist()]
+
+
 def should_stop_now(accelerator: Accelerator, requested: bool) -> bool:
     """True on every process if any process was asked to stop (SIGINT/SIGTERM)."""
-    if accelerator.num_processes == 1:
-        return requested
-    flag = torch.tensor([1.0 if requested else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+    return any_process(accelerator, requested)[0]
 
 
 def train_one_epoch(plan: StepPlan, training: TrainingState, loader: Iterable, epochs: int,
@@ -249,7 +258,13 @@ def train_one_epoch(plan: StepPlan, training: TrainingState, loader: Iterable, e
             bar.update(1)
         if on_batch is not None:  # (batch number in the epoch, images 0-1, targets, paths)
             on_batch(state.batch - 1, images, targets, paths)
-        if should_stop_now(accelerator, stop_requested()):
+        stop, diverged = any_process(accelerator, stop_requested(), not math.isfinite(sum(state.mean_loss)))
+        if diverged:
+            bar.close()
+            raise NonFiniteLoss(f"the training loss became non-finite (box, obj, cls: {state.mean_loss}) at epoch "
+                                f"{state.epoch}, batch {state.batch - 1}; training stopped before saving anything "
+                                f"of it. Lower lr0 in --hyp, or try --mixed-precision no")
+        if stop:
             bar.close()
             return False
     bar.close()

@@ -12,7 +12,7 @@ import torch
 
 from .boxes import xyxy_to_xywhn
 from .checkpoint import load_model
-from .config import ConfigError
+from .config import ConfigError, check_options, inference_checks
 from .data.augment import letterbox
 from .data.images import open_image, read_for_size
 from .data.sources import IMAGE_FORMATS, expand_entry, only_images
@@ -103,6 +103,8 @@ def detect(source: str, weights: str, *, imgsz: int = 640, conf_thres: float = 0
            hide_labels: bool = False, hide_conf: bool = False, half: bool = False, project: str = "runs/detect",
            name: str = "exp", exist_ok: bool = False, batch_size: int = 16, device: str = "") -> Path:
     """Run detection on `source` and save what was asked into runs/detect/exp{N}; returns that folder."""
+    check_options(*inference_checks(imgsz, conf_thres, iou_thres, max_det, batch_size),
+                  (line_thickness >= 1, f"--line-thickness must be at least 1, got {line_thickness}"))
     paths = list_sources(source)
     target = torch.device("cpu" if device == "cpu" or not torch.cuda.is_available() else "cuda")
     model = load_model(weights, device=target).eval().fuse()

@@ -1,0 +1,143 @@
+"""Bad input from the command line, one case per kind of problem: a non-zero exit, one `error:` line that names the
+file, flag or value, no traceback, and nothing written outside the run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import FIXTURES, REFERENCE, ROOT
+from typer.testing import CliRunner
+
+from yolo_accel.checkpoint import load_model, save_weights
+from yolo_accel.cli import app
+from yolo_accel.data.demo import write_demo_dataset
+
+WEIGHTS = str(FIXTURES / "demo_yolov5n.safetensors")
+TINY = str(REFERENCE / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_demo_dataset(tmp_path_factory.mktemp("data"), train_images=8, val_images=4, imgsz=64, seed=2)
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def refused(args: list[str], *named: str, cwd: Path) -> str:
+    """Run the CLI in `cwd`; assert a clean refusal naming `named`; return the output."""
+    before = files_under(cwd)
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, args)
+    finally:
+        os.chdir(previous)
+    assert result.exit_code not in (0, None), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1, result.output
+    for text in named:
+        assert text in error_lines[0], (text, error_lines[0])
+    created = files_under(cwd) - before  # only run folders and label caches, if anything
+    assert all("runs" in p.relative_to(cwd).parts or p.name.endswith(".yolo-accel.cache") for p in created), created
+    return error_lines[0]
+
+
+def train_args(data: Path, *extra: str, **options: str) -> list[str]:
+    """`train` on `data` with a tiny model; options (as --name value) replace the defaults."""
+    values = {"cfg": TINY, "img": "64", "batch-size": "4", "epochs": "1", "workers": "0", **options}
+    return ["train", "--data", str(data), *(x for k, v in values.items() for x in (f"--{k}", v)), "--noautoanchor",
+            *extra]
+
+
+def write_hyp(folder: Path, **changes: float) -> Path:
+    values = yaml.safe_load((ROOT / "configs/hyps/hyp.scratch-low.yaml").read_text())
+    path = folder / "hyp.bad.yaml"
+    path.write_text(yaml.safe_dump({**values, **changes}))
+    return path
+
+
+@pytest.mark.parametrize("key,value", [("lr0", float("nan")), ("lr0", -0.01), ("anchor_t", 0.0),
+                                       ("momentum", 1.5), ("hsv_s", float("inf"))])
+def test_hyperparameters_out_of_range(data, tmp_path, key, value):
+    hyp = write_hyp(tmp_path, **{key: value})
+    refused(train_args(data, "--hyp", str(hyp)), str(hyp), key, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("option,value,named", [
+    ("workers", "-1", "--workers"),
+    ("batch-size", "0", "--batch-size"),
+    ("img", "0", "--imgsz"),
+    ("device", "0", "--device 0: no CUDA device is available here (the devices are: cpu)"),
+    ("device", "zero", "--device"),
+    ("epochs", "0", "--epochs"),
+])
+def test_training_flags_out_of_range(data, tmp_path, option, value, named):
+    if option == "device" and value == "0" and torch.cuda.is_available():
+        pytest.skip("a CUDA device exists here")
+    refused(train_args(data, **{option: value}), named, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("command,flags,named", [
+    ("val", ["--img", "0"], "--imgsz"),
+    ("val", ["--conf-thres", "1.5"], "--conf-thres"),
+    ("val", ["--iou-thres", "-0.1"], "--iou-thres"),
+    ("detect", ["--img", "-5"], "--imgsz"),
+    ("detect", ["--conf-thres", "2"], "--conf-thres"),
+    ("detect", ["--max-det", "0"], "--max-det"),
+    ("export", ["--img", "0"], "--imgsz"),
+    ("export", ["--batch-size", "0"], "--batch-size"),
+])
+def test_inference_flags_out_of_range(data, tmp_path, command, flags, named):
+    where = {"val": ["--data", str(data)], "detect": ["--source", str(data.parent / "images" / "val")],
+             "export": []}[command]
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(Path(WEIGHTS).read_bytes())
+    refused([command, "--weights", str(weights), *where, *flags], named, cwd=tmp_path)
+
+
+def test_validation_labels_beyond_nc_stop_before_training(data, tmp_path):
+    copy = tmp_path / "copy"
+    for source in data.parent.rglob("*"):
+        if source.is_file() and source.suffix in (".png", ".txt", ".yaml"):
+            target = copy / source.relative_to(data.parent)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    label = sorted((copy / "labels" / "val").glob("*.txt"))[0]
+    label.write_text("99 0.5 0.5 0.2 0.2\n")
+    (copy / "data.yaml").write_text((copy / "data.yaml").read_text().replace(str(data.parent), str(copy)))
+    refused(train_args(copy / "data.yaml"), "validation label class 99", label.stem, cwd=tmp_path)
+
+
+def test_weights_asking_for_a_huge_model(data, tmp_path):
+    model = load_model(WEIGHTS)
+    weights = save_weights(model, tmp_path / "huge.safetensors",
+                           extra={"model_yaml": json.dumps({**model.yaml, "nc": 20_000_000})})
+    refused(["detect", "--weights", str(weights), "--source", str(data.parent / "images" / "val")],
+            "huge.safetensors", "nc", cwd=tmp_path)
+
+
+def test_a_fifo_as_source(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    refused(["detect", "--weights", WEIGHTS, "--source", str(tmp_path / "pipe.jpg")], "pipe.jpg",
+            "not a regular file", cwd=tmp_path)
+
+
+def test_missing_and_unreadable_files(data, tmp_path):
+    refused(["val", "--data", str(data), "--weights", str(tmp_path / "none.safetensors")], "none.safetensors",
+            cwd=tmp_path)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 100)
+    refused(["detect", "--weights", str(garbage), "--source", str(data.parent / "images" / "val")],
+            "garbage.safetensors", cwd=tmp_path)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train: [unclosed\n")
+    refused(train_args(bad_yaml), "bad.yaml", cwd=tmp_path)
