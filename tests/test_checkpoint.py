@@ -50,7 +50,7 @@ def test_failed_save_keeps_the_previous_file(tiny, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("yolo_accel.checkpoint.save_file", broken)
+    monkeypatch.setattr("yolo_accel.checkpoint.save", broken)
     with pytest.raises(OSError, match="disk full"):
         save_weights(tiny, path)
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]

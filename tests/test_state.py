@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from yolo_accel.checkpoint import save_weights
 from yolo_accel.ema import ModelEMA
 from yolo_accel.model import build_model
 from yolo_accel.optim import build_optimizer
@@ -22,6 +23,7 @@ from yolo_accel.state import (
     read_rank_files,
     read_snapshot,
     save_snapshot,
+    snapshots,
 )
 from yolo_accel.training_state import EarlyStopping, LoopState, TrainingState
 
@@ -132,3 +134,39 @@ def test_newer_or_older_states_are_refused_and_version_1_is_read(tiny_yaml, tmp_
 def test_a_missing_snapshot_names_the_folder(tmp_path):
     with pytest.raises(StateError, match=str(tmp_path)):
         latest_snapshot(tmp_path)
+
+
+def test_snapshots_keep_the_one_before_and_a_failed_save_leaves_nothing_behind(tiny_yaml, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import yolo_accel.state as state_module
+
+    state = new_state(tiny_yaml)
+    for step in (1, 2, 3):
+        state.loop.step = step
+        save(state, tmp_path)
+    assert [p.name for p in snapshots(tmp_path)] == ["000000003", "000000002"]  # the latest and the one before
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all((p.stat().st_mode & 0o777) == (0o666 & ~umask) for p in (tmp_path / "000000003").iterdir())
+    weights = save_weights(state.unwrapped, tmp_path.parent / "w.safetensors")
+    assert (weights.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state_module, "save_tensors", disk_full)
+    state.loop.step = 4
+    with pytest.raises(StateError, match=r"no space left on the device\. The previous state is kept"):
+        save(state, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000002", "000000003", "latest.json"]
+
+
+def test_a_damaged_snapshot_is_named(tiny_yaml, tmp_path):
+    state = new_state(tiny_yaml)
+    save(state, tmp_path)
+    model = latest_snapshot(tmp_path) / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:1000])
+    with pytest.raises(StateError, match=r"model\.safetensors: damaged or unreadable"):
+        read_snapshot(latest_snapshot(tmp_path))

@@ -279,3 +279,15 @@ def test_a_loss_that_turns_nan_stops_training_before_saving_it(tiny_data, tmp_pa
     assert [r["epoch"] for r in read_results(run / "results.csv")] == [0]
     saved = load_model(run / "weights" / "last.safetensors")
     assert all(torch.isfinite(v).all() for v in saved.state_dict().values())
+
+
+def test_resume_falls_back_to_the_snapshot_before_a_damaged_one(tiny_data, tmp_path, caplog):
+    train(tiny_config(tiny_data, tmp_path / "a", epochs=3, noval=True))
+    run = train(tiny_config(tiny_data, tmp_path / "b", epochs=2, noval=True))
+    latest = latest_state(run)
+    (latest / "optimizer.safetensors").write_bytes(b"\x00" * 64)  # damaged after the end of epoch 1
+    with caplog.at_level("WARNING", logger="yolo_accel"):
+        train(TrainConfig(resume=str(run), epochs=3))
+    assert "optimizer.safetensors: damaged or unreadable" in caplog.text and "the snapshot before it" in caplog.text
+    assert [r["epoch"] for r in read_results(run / "results.csv")] == [0, 1, 2]  # epoch 1 redone, one row each
+    assert max_difference(final_weights(tmp_path / "a" / "exp"), final_weights(run)) <= 1e-6

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from .files import atomic_write
 from .model.yolo import DetectionModel
@@ -47,7 +47,8 @@ def save_weights(model: DetectionModel, path: str | Path, names: list[str] | Non
     }
     metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    # bytes written by us: the file gets the umask's permissions (safetensors' own writer makes 0600)
+    atomic_write(path, lambda tmp: tmp.write_bytes(save(state, metadata=metadata)), durable=True)
     return path
 
 

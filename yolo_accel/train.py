@@ -26,21 +26,29 @@ from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_l
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from .checkpoint import check_state_dict, read_any_weights, save_weights, transfer_weights
+from .checkpoint import WeightsError, check_state_dict, read_any_weights, save_weights, transfer_weights
 from .config import ConfigError, Hyp, TrainConfig, load_hyp, read_yaml
 from .data.dataset import YoloDataset, check_labels, labels_to_class_weights, labels_to_image_weights
 from .data.labels import scan_labels
 from .data.loader import EpochSampler, build_dataloader
 from .data.sources import DataConfig, list_images, load_data_config
 from .ema import ModelEMA
-from .engine import StepPlan, evaluate, format_results, new_accelerator, train_one_epoch
+from .engine import StepPlan, any_process, evaluate, format_results, new_accelerator, train_one_epoch
 from .files import atomic_write, increment_path
 from .loss import DetectionLoss, scale_loss_gains
 from .metrics import fitness
 from .model.yolo import DetectionModel, build_model
 from .optim import Warmup, build_optimizer, lr_lambda, scaled_weight_decay
 from .results import RESULT_COLUMNS, append_results, drop_results_from
-from .state import latest_snapshot, read_pending_grads, read_rank_files, read_snapshot, save_snapshot
+from .state import (
+    StateError,
+    read_pending_grads,
+    read_rank_files,
+    read_snapshot,
+    save_failure,
+    save_snapshot,
+    snapshots,
+)
 from .training_state import EarlyStopping, TrainingState
 from .val import build_val_batches, validate_best
 
@@ -378,20 +386,30 @@ def build_training_state(run: Run, model: DetectionModel, data: Data) -> tuple[T
 
 
 def restore(run: Run, training: TrainingState, plan: StepPlan) -> None:
-    """Load the latest snapshot into the training state: every tensor, counter and random generator."""
+    """Load the latest snapshot into the training state: every tensor, counter and random generator. A damaged
+    snapshot is reported and the one before it used."""
     config, accelerator = run.config, run.accelerator
-    snapshot = latest_snapshot(run.paths.state)
-    saved = read_snapshot(snapshot)
-    check_state_dict(training.unwrapped, saved["model"], str(snapshot / "model.safetensors"))
-    training.load_state_dict(saved)
+    candidates = snapshots(run.paths.state)
+    for i, snapshot in enumerate(candidates):
+        try:
+            saved = read_snapshot(snapshot)
+            check_state_dict(training.unwrapped, saved["model"], str(snapshot / "model.safetensors"))
+            training.load_state_dict(saved)
+            found_rng = read_rank_files(snapshot, accelerator.process_index, training.rng)
+            pending = read_pending_grads(snapshot, accelerator.process_index)
+            break
+        except (StateError, WeightsError) as err:
+            if i + 1 == len(candidates):
+                raise StateError(f"{err} (and no earlier snapshot in {run.paths.state} is usable)") from None
+            LOGGER.warning(f"WARNING ⚠️ {err}; resuming from the snapshot before it, {candidates[i + 1]}")
+    if not found_rng:
+        LOGGER.warning(f"{snapshot}: no random state for process {accelerator.process_index}; reseeding")
+    training.load_pending_gradients(pending)
     if training.planned_epochs != config.epochs:  # extended: continue on the re-planned schedule
         for group in training.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * plan.lr_factor(training.loop.epoch)
         training.planned_epochs = config.epochs
     plan.criterion.set_anchors(training.unwrapped.model[-1].anchors)  # AutoAnchor's, as saved
-    if not read_rank_files(snapshot, accelerator.process_index, training.rng):
-        LOGGER.warning(f"{snapshot}: no random state for process {accelerator.process_index}; reseeding")
-    training.load_pending_gradients(read_pending_grads(snapshot, accelerator.process_index))
     if training.loop.epoch >= config.epochs:
         raise ConfigError(f"{run.paths.save_dir} finished its {config.epochs} epochs; pass --epochs N (more) to "
                           f"extend it")
@@ -442,13 +460,19 @@ def end_epoch(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> 
             LOGGER.info("\n".join(format_results(result, run.names)))
     stop = training.stopper(epoch, float(fitness(np.array(results).reshape(1, -1))[0]))
     values = [*loop.mean_loss, *results, *lrs]
+    failure = None
     if accelerator.is_main_process:
-        append_results(run.paths.results, epoch, values)
-        if not config.nosave or final_epoch:
-            save_epoch_weights(run, training, epoch)
+        try:
+            append_results(run.paths.results, epoch, values)
+            if not config.nosave or final_epoch:
+                save_epoch_weights(run, training, epoch)
+        except OSError as err:  # every process stops on it, below
+            failure = save_failure(run.paths.weights, err).replace("training state", "weights")
     if run.trackers:
         accelerator.log(dict(zip(RESULT_COLUMNS, values)), step=epoch)
     loop.epoch, loop.batch, loop.mean_loss = epoch + 1, 0, [0.0, 0.0, 0.0]
+    if any_process(accelerator, failure is not None)[0]:
+        raise StateError(failure or "the main process could not save this epoch's weights")
     save_state(run, training)
     return bool(broadcast_object_list([stop])[0])
 
@@ -471,8 +495,9 @@ def save_state(run: Run, training: TrainingState) -> None:
         return
     accelerator = run.accelerator
     save_snapshot(run.paths.state, training.loop.step, accelerator.process_index,
-                              training.state_dict if accelerator.is_main_process else None, training.rng,
-                              training.pending_gradients(), accelerator.wait_for_everyone)
+                  training.state_dict if accelerator.is_main_process else None, training.rng,
+                  training.pending_gradients(), accelerator.wait_for_everyone,
+                  lambda failed: any_process(accelerator, failed)[0])
 
 
 def plot_train_batch(run: Run):
