@@ -141,3 +141,39 @@ def test_missing_and_unreadable_files(data, tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("train: [unclosed\n")
     refused(train_args(bad_yaml), "bad.yaml", cwd=tmp_path)
+
+
+def test_runs_started_together_get_folders_of_their_own(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from yolo_accel.files import increment_path
+
+    with ThreadPoolExecutor(8) as pool:
+        folders = list(pool.map(lambda _: increment_path(tmp_path / "exp", mkdir=True), range(16)))
+    assert len(set(folders)) == 16 and all(f.is_dir() for f in folders)
+
+
+def test_a_run_folder_in_use_is_refused_with_exist_ok(data, tmp_path):
+    from yolo_accel.files import exclusive_use
+
+    run = tmp_path / "runs" / "train" / "exp"
+    run.mkdir(parents=True)
+    with exclusive_use(run, "training run"):  # as a training run in another process holds it
+        refused(train_args(data, "--exist-ok", project=str(tmp_path / "runs" / "train")), str(run), "in use",
+                cwd=tmp_path)
+
+
+def test_a_torn_evolve_row_is_skipped_and_the_next_stays_whole(tmp_path, caplog):
+    import logging
+
+    from yolo_accel.evolve import append_row, read_ledger
+
+    ledger = tmp_path / "evolve.csv"
+    append_row(ledger, {"lr0": 0.01}, (0.1,) * 7)
+    with open(ledger, "a") as f:
+        f.write("      0.2,   0.3,")  # a crash mid-append
+    append_row(ledger, {"lr0": 0.02}, (0.4,) * 7)
+    with caplog.at_level(logging.WARNING, logger="yolo_accel"):
+        _, rows = read_ledger(ledger)
+    assert rows.shape == (2, 8) and rows[:, -1].tolist() == [0.01, 0.02]
+    assert "skipping line 3, a torn or damaged row" in caplog.text

@@ -105,3 +105,18 @@ def test_api_val_and_names(demo_root):
     assert model.names == ["circle", "square", "triangle", "cross", "ring", "star"]
     result = model.val(data=str(demo_root / "data.yaml"), imgsz=128, workers=0, project=str(demo_root / "runs"))
     assert result.images == 12 and result.metrics.map50 > 0.6
+
+
+def test_detect_keeps_same_named_images_and_skips_a_broken_one(demo_root, tmp_path):
+    images = sorted((demo_root / "images" / "val").glob("*.png"))[:2]
+    for folder, image in zip(("a", "b"), images):
+        (tmp_path / "src" / folder).mkdir(parents=True)
+        (tmp_path / "src" / folder / "same.png").write_bytes(image.read_bytes())
+    (tmp_path / "src" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    result = CliRunner().invoke(app, ["detect", "--source", str(tmp_path / "src" / "**" / "*.png"), "--weights",
+                                      WEIGHTS, "--img", "128", "--project", str(tmp_path / "runs"), "--save-txt"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "exp"
+    assert sorted(p.name for p in run.glob("*.png")) == ["same.png", "same_2.png"]
+    assert sorted(p.name for p in (run / "labels").glob("*.txt")) == ["same.txt", "same_2.txt"]
+    assert "broken.png: skipped, cannot be decoded" in result.output

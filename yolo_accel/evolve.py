@@ -92,9 +92,18 @@ def read_ledger(path: Path) -> tuple[list[str], np.ndarray]:
     """(column names, rows (n, 7 + hyps)) of evolve.csv; call with the lock held."""
     if not path.exists():
         return [], np.zeros((0, 0))
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    header = [h.strip() for h in lines[0].split(",")]
-    rows = [[float(v) for v in line.split(",")] for line in lines[1:]]
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    header = [h.strip() for h in lines[0].split(",")] if lines else []
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            values = [float(v) for v in line.split(",")]
+        except ValueError:
+            values = []
+        if len(values) == len(header) and all(np.isfinite(values)):
+            rows.append(values)
+        else:  # a row cut short by a crash mid-append, on a file system without atomic appends
+            LOGGER.warning(f"WARNING ⚠️ {path}: skipping line {number}, a torn or damaged row")
     return header, np.array(rows, dtype=float).reshape(-1, len(header))
 
 
@@ -103,6 +112,11 @@ def append_row(path: Path, hyp: dict[str, float], results: tuple[float, ...]) ->
     keys = [*RESULT_KEYS, *hyp]
     text = "" if path.exists() else ",".join(f"{k:>20}" for k in keys) + "\n"
     text += ",".join(f"{v:>20.5g}" for v in [*results, *hyp.values()]) + "\n"
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a torn last row: end it, so this one stays whole
+                text = "\n" + text
     with open(path, "a") as f:
         f.write(text)
         f.flush()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from .config import ConfigError
 
 
 def fsync_path(path: Path) -> None:
@@ -37,19 +41,51 @@ def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = Fals
 
 
 def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = False) -> Path:
-    """runs/train/exp -> runs/train/exp2, exp3, ... (the first free one), as YOLOv5 names run folders."""
+    """runs/train/exp -> runs/train/exp2, exp3, ... (the first free one), as YOLOv5 names run folders. With
+    `mkdir` the folder is claimed by creating it, so runs started at the same moment never get the same one."""
     path = Path(path)
-    if path.exists() and not exist_ok:
-        pattern = re.compile(rf"^{re.escape(path.name)}(\d+)$")
+    if exist_ok:
+        if mkdir:
+            path.mkdir(parents=True, exist_ok=True)
+        return path
+    pattern = re.compile(rf"^{re.escape(path.name)}(\d+)$")
+
+    def next_free() -> Path:
         taken = [int(m.group(1)) for p in path.parent.iterdir() if (m := pattern.match(p.name))]
         n = max([1, *taken]) + 1
-        path = path.with_name(f"{path.name}{n}")
-        while path.exists():
+        while path.with_name(f"{path.name}{n}").exists():
             n += 1
-            path = path.with_name(f"{path.name.rstrip('0123456789')}{n}")
-    if mkdir:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+        return path.with_name(f"{path.name}{n}")
+
+    if not mkdir:
+        return next_free() if path.exists() else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate = path
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:  # taken, perhaps a moment ago by another run
+            candidate = next_free()
+
+
+@contextlib.contextmanager
+def exclusive_use(folder: Path, what: str) -> Iterator[None]:
+    """Hold `folder`/.lock while the block runs; another process asking for it meanwhile gets FolderInUse."""
+    with open(folder / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUse(f"{folder} is in use by another {what} (it holds {folder / '.lock'}); choose another "
+                              f"--name, or wait for that one to end") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class FolderInUse(ConfigError):
+    """A run folder another process is using."""
 
 
 # path separators, NUL and other control characters, and what Windows refuses in a file name

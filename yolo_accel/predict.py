@@ -14,7 +14,7 @@ from .boxes import xyxy_to_xywhn
 from .checkpoint import load_model
 from .config import ConfigError, check_options, inference_checks
 from .data.augment import letterbox
-from .data.images import open_image, read_for_size
+from .data.images import ImageDecodeError, open_image, read_for_size
 from .data.sources import IMAGE_FORMATS, expand_entry, only_images
 from .draw import annotate
 from .files import child_path, increment_path
@@ -53,6 +53,21 @@ def list_sources(source: str | Path) -> list[Path]:
     return images
 
 
+def output_stems(paths: list[Path]) -> list[str]:
+    """A file stem per image for what detect writes: its own, or with _2, _3, ... when images from different folders
+    share a name (so none overwrites another)."""
+    used: set[str] = set()
+    stems = []
+    for path in paths:
+        stem, n = path.stem, 1
+        while stem.lower() in used:
+            n += 1
+            stem = f"{path.stem}_{n}"
+        used.add(stem.lower())
+        stems.append(stem)
+    return stems
+
+
 def label_rows(boxes_xyxy: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, width: int, height: int,
                save_conf: bool) -> str:
     """A YOLO label file's text: `class x y w h [conf]` per box, normalised to the image size."""
@@ -77,19 +92,27 @@ def predict(model: DetectionModel, paths: list[Path], *, imgsz: int = 640, conf_
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         originals, batch, pads = [], [], []
+        readable = []
         for path in chunk:
-            image, (h0, w0) = read_for_size(path, size)  # big JPEGs decode reduced
+            try:
+                image, (h0, w0) = read_for_size(path, size)  # big JPEGs decode reduced
+            except (ImageDecodeError, OSError, SyntaxError, ValueError) as err:
+                LOGGER.warning(f"WARNING ⚠️ {path}: skipped, cannot be decoded ({err})")
+                continue
+            readable.append(path)
             boxed, ratio, pad = letterbox(image, size, auto=False, scaleup=True, stride=stride)
             originals.append((h0, w0))
             batch.append(torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1))))
             # from the original's pixels to the model input's
             pads.append(((ratio[0] * image.shape[1] / w0, ratio[1] * image.shape[0] / h0), pad))
+        if not batch:
+            continue
         images = torch.stack(batch).to(device).float() / 255
         with torch.autocast(device.type, dtype=torch.float16, enabled=half and device.type == "cuda"):
             output = model(images)
         keep = non_max_suppression(output.float(), conf_thres, iou_thres, classes=classes, agnostic=agnostic,
                                    max_det=max_det)
-        for path, shape, (ratio, pad), det in zip(chunk, originals, pads, keep):
+        for path, shape, (ratio, pad), det in zip(readable, originals, pads, keep):
             det = det.clone()
             scale_boxes(images.shape[2:], det[:, :4], shape, ((ratio[1], ratio[0]), pad))
             results.append(Detections(path, det[:, :4].cpu(), det[:, 4].cpu(), det[:, 5].cpu(), names,
@@ -113,24 +136,26 @@ def detect(source: str, weights: str, *, imgsz: int = 640, conf_thres: float = 0
     results = predict(model, paths, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
                       classes=classes, agnostic=agnostic_nms, batch_size=batch_size, half=half)
     per_image_ms = (time.perf_counter() - start) / len(paths) * 1e3
+    stems = output_stems([det.path for det in results])
     for i, det in enumerate(results, 1):
         height, width = det.shape
+        stem = stems[i - 1]
         # upright RGB, as the model saw it; decoded again only for what draws on it
         image = open_image(det.path) if save_crop or not nosave else None
         LOGGER.info(f"image {i}/{len(results)} {det.path}: {height}x{width} {det.summary()}")
         if save_txt:
             (save_dir / "labels").mkdir(exist_ok=True)
-            (save_dir / "labels" / f"{det.path.stem}.txt").write_text(
+            (save_dir / "labels" / f"{stem}.txt").write_text(
                 label_rows(det.boxes_xyxy, det.scores, det.classes, width, height, save_conf))
         if save_crop:
             for j, (box, cls) in enumerate(zip(det.boxes_xyxy.tolist(), det.classes.int().tolist())):
                 # class names come from the weights file: never a path as they stand
                 folder = child_path(save_dir / "crops", det.names[cls], fallback=f"class{cls}")
                 folder.mkdir(parents=True, exist_ok=True)
-                image.crop(tuple(round(v) for v in box)).save(folder / f"{det.path.stem}_{j}.jpg")
+                image.crop(tuple(round(v) for v in box)).save(folder / f"{stem}_{j}.jpg")
         if not nosave:
             annotate(image, det.boxes_xyxy, det.scores, det.classes, det.names, line_thickness=line_thickness,
-                     hide_labels=hide_labels, hide_conf=hide_conf).save(save_dir / det.path.name)
+                     hide_labels=hide_labels, hide_conf=hide_conf).save(save_dir / f"{stem}{det.path.suffix}")
     LOGGER.info(f"Speed: {per_image_ms:.1f}ms per image (load, pre-process, inference, NMS) at {imgsz} px")
     LOGGER.info(f"Results saved to {save_dir}")
     return save_dir

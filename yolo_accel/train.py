@@ -34,7 +34,7 @@ from .data.loader import EpochSampler, build_dataloader
 from .data.sources import DataConfig, list_images, load_data_config
 from .ema import ModelEMA
 from .engine import StepPlan, any_process, evaluate, format_results, new_accelerator, train_one_epoch
-from .files import atomic_write, increment_path
+from .files import FolderInUse, atomic_write, exclusive_use, increment_path
 from .loss import DetectionLoss, scale_loss_gains
 from .metrics import fitness
 from .model.yolo import DetectionModel, build_model
@@ -189,8 +189,8 @@ class Data:
 def train(config: TrainConfig) -> Path:
     """Train as `yolo-accel train` does; returns the run folder, or raises TrainingInterrupted after saving the
     state when stopped by SIGINT/SIGTERM."""
-    with process_settings_kept():
-        run = prepare_run(config)
+    with process_settings_kept(), contextlib.ExitStack() as held:
+        run = prepare_run(config, held)
         model = build_training_model(run)
         data = build_data(run, model)
         fit_anchors(run, model, data)
@@ -236,9 +236,9 @@ def process_settings_kept() -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
-def prepare_run(config: TrainConfig) -> Run:
-    """Resolve the options (a resumed run's own), choose the precision, form the process group, make the run
-    folder, seed every generator, read the hyperparameters and the dataset yaml."""
+def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
+    """Resolve the options (a resumed run's own), choose the precision, form the process group, claim the run
+    folder (held until training ends), seed every generator, read the hyperparameters and the dataset yaml."""
     resuming = config.resume is not None
     if resuming:
         folder = find_resume_run(config.resume, config.project)
@@ -265,13 +265,18 @@ def prepare_run(config: TrainConfig) -> Run:
     if config.sync_bn and use_cpu:
         raise ConfigError("--sync-bn needs CUDA processes (PyTorch's SyncBatchNorm is GPU-only); drop it on CPU")
     process = PartialState(cpu=use_cpu)  # the process group, before the run folder every rank must agree on
-    if resuming:
-        save_dir = Path(config.resume)
-    else:
-        save_dir = None
-        if process.is_main_process:
-            save_dir = increment_path(Path(config.project) / config.name, exist_ok=config.exist_ok, mkdir=True)
-        save_dir = Path(broadcast_object_list([save_dir])[0])
+    save_dir, refusal = None, None
+    if process.is_main_process:
+        save_dir = Path(config.resume) if resuming else \
+            increment_path(Path(config.project) / config.name, exist_ok=config.exist_ok, mkdir=True)
+        try:
+            held.enter_context(exclusive_use(save_dir, "training run"))
+        except FolderInUse as err:
+            refusal = str(err)
+    save_dir, refusal = broadcast_object_list([save_dir, refusal])
+    if refusal:
+        raise FolderInUse(refusal)
+    save_dir = Path(save_dir)
     trackers = {"none": [], "all": ["wandb", "tensorboard"]}.get(config.log_with, [config.log_with])
     accelerator = new_accelerator(mixed_precision, cpu=use_cpu, log_with=trackers or None,
                                   project_config=ProjectConfiguration(project_dir=str(save_dir),
