@@ -66,8 +66,36 @@ def test_convert_missing_source(tmp_path):
     (["train", "--resume", "runs/train/exp3"], ["train", "--resume", "runs/train/exp3"]),
     (["train", "--cache", "--rect"], ["train", "--cache", "ram", "--rect"]),
     (["train", "--cache", "disk"], ["train", "--cache", "disk"]),
+    (["train", "--evolve"], ["train", "--evolve", "300"]),
+    (["train", "--evolve", "--epochs", "3"], ["train", "--evolve", "300", "--epochs", "3"]),
+    (["train", "--freeze", "0", "1", "2", "--rect"], ["train", "--freeze", "0 1 2", "--rect"]),
+    (["train", "--freeze", "10"], ["train", "--freeze", "10"]),
 ])
 def test_flags_that_may_stand_alone(argv, expected):
     from yolo_accel.cli import expand_optional_values
 
     assert expand_optional_values(argv) == expected
+
+
+def test_several_devices_start_one_process_each_through_accelerate(monkeypatch):
+    from yolo_accel.cli import launch_command
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("ACCELERATE_LAUNCH", raising=False)
+    command = launch_command("0,1,2,3", ["train", "--data", "my.yaml", "--device", "0,1,2,3"])
+    assert command[1:] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4",
+                           "--num_machines", "1", "--dynamo_backend", "no", "-m", "yolo_accel.cli", "train",
+                           "--data", "my.yaml", "--device", "0,1,2,3"]
+    assert launch_command("0", ["train"]) is None and launch_command("", ["train"]) is None
+    monkeypatch.setenv("LOCAL_RANK", "0")  # inside the launched processes: train
+    assert launch_command("0,1", ["train"]) is None
+
+
+def test_evolve_under_a_process_group_and_fsdp_are_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(app, ["evolve", "--epochs", "1", "--generations", "1", "--project", str(tmp_path)])
+    assert result.exit_code == 1 and "evolve trains one process per candidate" in result.output
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    result = runner.invoke(app, ["train", "--epochs", "1", "--project", str(tmp_path)])
+    assert result.exit_code == 1 and "FSDP is not supported: DDP is the multi-GPU mode" in result.output

@@ -558,3 +558,65 @@ def test_fifos_devices_and_link_loops_are_skipped_in_bounded_time(dataset_root, 
     with pytest.raises(DataError, match=r"pipe\.png: not a regular file"):
         list_images(load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train/pipe.png",
                                                 names=["a"])), "train")
+
+
+def test_quad_tiles_four_samples_or_upsamples_one(twelve_images):
+    dataset = YoloDataset(twelve_images, imgsz=64, augment=True, hyp=replace(HYP, mosaic=0.0, fliplr=0.0,
+                                                                            hsv_h=0, hsv_s=0, hsv_v=0))
+    keys = [(0, i) for i in range(8)]
+    singles = dataset.__getitems__(keys)
+    dataset.quad = True
+    quads = dataset.__getitems__(keys)
+    assert len(quads) == 2
+    for group, (image, labels, *_) in zip((singles[:4], singles[4:]), quads):
+        assert image.shape == (128, 128, 3)
+        if np.array_equal(image[:64, :64], group[0][0]):  # tiled: each sample in its quarter, boxes halved
+            assert np.array_equal(image[64:, :64], group[1][0]) and np.array_equal(image[:64, 64:], group[2][0])
+            assert len(labels) == sum(len(s[1]) for s in group)
+            first = group[1][1][0, 2:]  # bottom left: y moves down half the image
+            torch.testing.assert_close(labels[len(group[0][1]), 2:],
+                                       torch.stack((first[0] / 2, first[1] / 2 + 0.5, first[2] / 2, first[3] / 2)))
+        else:  # the first sample, twice the size, boxes unchanged (normalised)
+            assert torch.equal(labels, group[0][1])
+
+
+def test_coco_and_voc_annotations_convert_to_yolo_labels(tmp_path):
+    from typer.testing import CliRunner
+
+    from yolo_accel.cli import app
+
+    source = tmp_path / "src"
+    write_image(source / "a.jpg", size=(100, 50), fmt="JPEG")
+    write_image(source / "b.jpg", size=(80, 80), fmt="JPEG")
+    coco = {"images": [{"id": 7, "file_name": "a.jpg", "width": 100, "height": 50},
+                       {"id": 9, "file_name": "b.jpg", "width": 80, "height": 80}],
+            "categories": [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}],
+            "annotations": [{"image_id": 7, "category_id": 18, "bbox": [10, 5, 20, 10], "iscrowd": 0},
+                            {"image_id": 7, "category_id": 1, "bbox": [0, 0, 50, 50], "iscrowd": 1},
+                            {"image_id": 7, "category_id": 1, "bbox": [90, 40, 30, 30], "iscrowd": 0}]}
+    (tmp_path / "instances.json").write_text(__import__("json").dumps(coco))
+    result = CliRunner().invoke(app, ["convert-dataset", "coco", "--annotations", str(tmp_path / "instances.json"),
+                                      "--images", str(source), "--out", str(tmp_path / "coco"), "--split", "val"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "coco"
+    assert (out / "labels" / "val" / "a.txt").read_text().splitlines() == [
+        "1 0.200000 0.200000 0.200000 0.200000",  # dog: id 18 is the second category by id
+        "0 0.950000 0.900000 0.100000 0.200000"]  # person, clipped to the image; the crowd box skipped
+    assert (out / "labels" / "val" / "b.txt").read_text() == ""  # a background image
+    config = load_data_config(str(out / "data.yaml"))
+    assert config.names == ["person", "dog"] and len(list_images(config, "val")) == 2
+
+    voc = tmp_path / "Annotations"
+    voc.mkdir()
+    (voc / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>100</width><height>50</height></size>"
+        "<object><name>cat</name><difficult>0</difficult><bndbox><xmin>11</xmin><ymin>6</ymin><xmax>30</xmax>"
+        "<ymax>15</ymax></bndbox></object><object><name>dog</name><difficult>1</difficult><bndbox><xmin>1</xmin>"
+        "<ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>")
+    (voc / "broken.xml").write_text("<annotation><size>")
+    result = CliRunner().invoke(app, ["convert-dataset", "voc", "--annotations", str(voc), "--images", str(source),
+                                      "--out", str(tmp_path / "voc")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "voc" / "labels" / "train" / "a.txt").read_text() == "0 0.200000 0.200000 0.200000 0.200000\n"
+    assert load_data_config(str(tmp_path / "voc" / "data.yaml")).names == ["cat"]  # the difficult dog skipped
+    assert "broken.xml: skipped" in result.output

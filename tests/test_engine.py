@@ -45,7 +45,7 @@ def training_setup(tiny_yaml, batch_size: int = 16):
                           EarlyStopping(5), 1, random.Random(0))
     criterion = DetectionLoss.from_detect(model.model[-1], LossHyp())
     warmup = Warmup(batches=0, bias_lr=0.1, momentum=0.8, final_momentum=0.9, batch_size=batch_size)
-    plan = StepPlan(accelerator, criterion, warmup, lambda e: 1.0, 64, 32, False, 8)
+    plan = StepPlan(accelerator, criterion, warmup, lambda e: 1.0, 1.0, 64, 32, False, 8)
     return plan, state
 
 

@@ -17,7 +17,7 @@ from conftest import REFERENCE, ROOT
 from safetensors.torch import load_file
 
 from yolo_accel import train as train_module
-from yolo_accel.checkpoint import load_model, save_weights
+from yolo_accel.checkpoint import load_model, read_weights, save_weights
 from yolo_accel.config import TrainConfig
 from yolo_accel.data.demo import write_demo_dataset
 from yolo_accel.model import build_model
@@ -70,10 +70,27 @@ def test_train_writes_the_run_folder(tiny_data, tmp_path, caplog):
     for name in ("last", "best"):
         model = load_model(run / "weights" / f"{name}.safetensors")
         assert model.nc == 6 and model.names[0] == "circle"
+        assert next(model.parameters()).dtype == torch.float32  # stored in fp16, as YOLOv5 strips them
+        stored, metadata = read_weights(run / "weights" / f"{name}.safetensors")
+        assert stored["model.0.conv.weight"].dtype == torch.float16 and metadata["dtype"] == "float16"
+    text = caplog.text  # what YOLOv5 users look for
+    assert "hyperparameters: lr0=0.01, lrf=0.01, momentum=0.937" in text
+    assert "tiny summary: 214 layers" in text and "GFLOPs" in text
+    assert ("optimizer: SGD(lr=0.01) with parameter groups 57 weight(decay=0.0), 60 weight(decay=0.0005), "
+            "60 bias") in text
+    assert "2 epochs completed in 0.0" in text
     assert (run / "hyp.yaml").is_file() and "epochs: 2" in (run / "opt.yaml").read_text()
     assert TrainConfig.from_dict(yaml.safe_load((run / "opt.yaml").read_text()), "opt.yaml").epochs == 2
     assert "mAP50-95" in caplog.text and "Validating" in caplog.text
     assert train(tiny_config(tiny_data, tmp_path)) == tmp_path / "exp2"
+
+
+def test_noval_still_validates_best_at_the_end_and_quad_trains(tiny_data, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="yolo_accel"):
+        run = train(tiny_config(tiny_data, tmp_path, epochs=1, noval=True, quad=True, save_fp32=True))
+    assert "Validating" in caplog.text and "mAP50-95" in caplog.text  # YOLOv5 validates best.pt even with --noval
+    stored, metadata = read_weights(run / "weights" / "best.safetensors")
+    assert stored["model.0.conv.weight"].dtype == torch.float32 and "dtype" not in metadata
 
 
 def test_resume_extends_a_finished_run(tiny_data, tmp_path, caplog):
@@ -182,10 +199,59 @@ def test_trackers_write_their_files_offline(tiny_data, tmp_path, monkeypatch, tr
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = train(tiny_config(tiny_data, tmp_path, epochs=1, noval=True, log_with=tracker))
+    expected = {"train_batch0", "val_batch0_pred", "PR_curve", "confusion_matrix", "results"}
     if tracker == "tensorboard":
-        assert list(run.rglob("events.out.tfevents.*"))
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        (events,) = run.rglob("events.out.tfevents.*")
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+        accumulator.Reload()
+        assert "metrics/mAP_0.5" in accumulator.Tags()["scalars"]
+        assert expected <= set(accumulator.Tags()["images"])
     else:
-        assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+        (offline,) = (run / "wandb").glob("offline-run-*")
+        assert list(offline.glob("run-*.wandb"))
+        media = {p.name.rsplit("_", 2)[0] for p in (offline / "files" / "media" / "images").glob("*.png")}
+        assert expected <= media, media
+
+
+def test_unknown_or_missing_trackers_are_named():
+    from yolo_accel.config import ConfigError
+    from yolo_accel.trackers import TRACKERS, installed, resolve_trackers
+
+    assert {"tensorboard", "wandb", "comet_ml", "mlflow", "clearml", "aim", "dvclive"} <= set(TRACKERS)
+    with pytest.raises(ConfigError, match="--log-with neptune: not a tracker Accelerate knows"):
+        resolve_trackers("neptune")
+    missing = next((t for t in TRACKERS if not installed(t)), None)
+    if missing:
+        with pytest.raises(ConfigError, match=f"--log-with {missing}: the .* package is not installed"):
+            resolve_trackers(f"tensorboard,{missing}")
+    assert resolve_trackers("none") == [] and set(resolve_trackers("all")) >= {"tensorboard"}
+
+
+def test_callbacks_see_every_epoch_and_can_stop_training(tiny_data, tmp_path):
+    from yolo_accel import YOLO
+
+    seen = []
+
+    def record(event):
+        seen.append((event.name, event.epoch, round(event.metrics.get("metrics/mAP_0.5", -1), 3)))
+
+    def stop_after_first(event):
+        event.stop = event.epoch >= 0
+
+    model = YOLO(TINY)
+    for name in ("on_train_start", "on_train_epoch_end", "on_fit_epoch_end", "on_model_save", "on_train_end"):
+        model.add_callback(name, record)
+    model.add_callback("on_fit_epoch_end", stop_after_first)
+    run = model.train(data=str(tiny_data), epochs=3, batch_size=8, imgsz=64, workers=0, project=str(tmp_path),
+                      noautoanchor=True)
+    assert [r["epoch"] for r in read_results(run / "results.csv")] == [0]  # stopped after the first epoch
+    names = [name for name, *_ in seen]
+    assert names == ["on_train_start", "on_train_epoch_end", "on_model_save", "on_fit_epoch_end", "on_train_end"]
+    assert seen[3][2] >= 0 and seen[4][2] >= 0  # metrics reached the hooks
+    with pytest.raises(ValueError, match="unknown callback event 'on_epoch'"):
+        model.add_callback("on_epoch", record)
 
 
 def test_training_flags_run_together(tiny_data, tmp_path, caplog):

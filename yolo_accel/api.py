@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .callbacks import Callbacks, TrainingEvent
 from .checkpoint import load_model
 from .config import TrainConfig
 from .predict import Detections, list_sources, predict
@@ -18,6 +20,7 @@ class YOLO:
 
     def __init__(self, weights: str | Path = "yolov5n", device: str | None = None):
         self.source = str(weights)
+        self.callbacks = Callbacks()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if Path(self.source).suffix in (".safetensors", ".pt"):
             self.model = load_model(self.source, device=self.device).eval()
@@ -25,6 +28,11 @@ class YOLO:
             from .model import build_model
 
             self.model = build_model(self.source).to(self.device).eval()
+
+    def add_callback(self, event: str, hook: Callable[[TrainingEvent], None]) -> YOLO:
+        """Run `hook(event_info)` at `event` of every later .train() (events: yolo_accel.callbacks.EVENTS)."""
+        self.callbacks.add(event, hook)
+        return self
 
     @property
     def names(self) -> list[str]:
@@ -55,4 +63,4 @@ class YOLO:
         is_weights = Path(self.source).suffix in (".safetensors", ".pt")
         config = TrainConfig(data=data, weights=self.source if is_weights else "",
                              model="" if is_weights else self.source)
-        return train(replace(config, **options))
+        return train(replace(config, **options), callbacks=self.callbacks)

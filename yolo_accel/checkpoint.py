@@ -34,8 +34,9 @@ class WeightsError(ValueError):
 
 
 def save_weights(model: DetectionModel, path: str | Path, names: list[str] | None = None,
-                 extra: dict[str, Any] | None = None) -> Path:
-    """Write the model's state dict and metadata (yaml, nc, names, stride, format version, `extra`)."""
+                 extra: dict[str, Any] | None = None, half: bool = False) -> Path:
+    """Write the model's state dict and metadata (yaml, nc, names, stride, format version, `extra`); with `half`,
+    floating-point tensors in fp16 (half the file, as YOLOv5 strips its weights; load_model gives fp32 back)."""
     path = Path(path)
     metadata = {
         "format": FORMAT,
@@ -47,6 +48,9 @@ def save_weights(model: DetectionModel, path: str | Path, names: list[str] | Non
     }
     metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        metadata["dtype"] = "float16"
     # bytes written by us: the file gets the umask's permissions (safetensors' own writer makes 0600)
     atomic_write(path, lambda tmp: tmp.write_bytes(save(state, metadata=metadata)), durable=True)
     return path

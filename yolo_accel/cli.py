@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import logging
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -51,6 +52,16 @@ Optimizer = Annotated[str, typer.Option(help="SGD, Adam or AdamW")]
 CosLr = Annotated[bool, typer.Option("--cos-lr", help="cosine LR schedule")]
 
 
+def launch_command(device: str, argv: list[str]) -> list[str] | None:
+    """For `train --device 0,1,...` outside a launcher: the `accelerate launch` command that runs one process per
+    listed GPU with the same arguments (as Ultralytics 8 starts DDP); None for one device or inside a launch."""
+    indices = [i for i in device.replace(" ", "").split(",") if i]
+    if len(indices) < 2 or "LOCAL_RANK" in os.environ or os.environ.get("ACCELERATE_LAUNCH") == "1":
+        return None
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(len(indices)),
+            "--num_machines", "1", "--dynamo_backend", "no", "-m", "yolo_accel.cli", *argv]
+
+
 def select_device(device: str) -> None:
     """--device cpu, or CUDA indices ("0" or "0,1"): those become the only visible GPUs, and asking for one that is
     not there is an error naming what is (never a silent fall back to the CPU)."""
@@ -74,6 +85,7 @@ def setup_logging() -> None:
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
                         stream=sys.stdout, force=True)
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)  # no "building the font cache" chatter
 
 
 def parse_freeze(text: str) -> tuple[int, ...]:
@@ -123,12 +135,21 @@ def train(
         help="auto (accelerate launch's choice, else fp16 on CUDA, bf16 on CPUs with bf16 instructions), no, fp16 "
              "or bf16")] = "auto",
     device: Annotated[str, typer.Option(help="single process: cpu, or a CUDA index like 0")] = "",
-    log_with: Annotated[str, typer.Option(help="wandb, tensorboard, all or none")] = "none",
-    evolve: Annotated[int | None, typer.Option(help="evolve hyperparameters for N generations (see evolve)")] = None,
+    log_with: Annotated[str, typer.Option(help="trackers, comma-separated: tensorboard, wandb, comet_ml, mlflow, "
+                                               "clearml, aim, dvclive, ...; all (every installed one) or none")
+                        ] = "none",
+    quad: Annotated[bool, typer.Option("--quad", help="quad dataloader: 4 images per sample at 2x size")] = False,
+    save_fp32: Annotated[bool, typer.Option("--save-fp32", help="weights files in fp32 (default fp16)")] = False,
+    evolve: Annotated[int | None, typer.Option(help="evolve hyperparameters for N generations (bare: 300)")] = None,
 ) -> None:
-    """Train a YOLOv5 model (`accelerate launch cli.py train ...` for several processes)."""
+    """Train a YOLOv5 model (`--device 0,1,2,3`, or `accelerate launch cli.py train ...`, for several GPUs)."""
     setup_logging()
     select_device(device)
+    command = launch_command(device, expand_optional_values(sys.argv[1:]))
+    if command is not None:
+        typer.echo(f"Starting {command[command.index('--num_processes') + 1]} processes: {' '.join(command)}")
+        os.environ["ACCELERATE_LAUNCH"] = "1"
+        raise typer.Exit(subprocess.call(command))
     from .config import TrainConfig
     from .data.sources import DataError
     from .engine import NonFiniteLoss
@@ -143,7 +164,7 @@ def train(
         optimizer=optimizer, sync_bn=sync_bn, workers=workers, project=project, name=name, exist_ok=exist_ok,
         cos_lr=cos_lr, label_smoothing=label_smoothing, patience=patience, freeze=parse_freeze(freeze),
         save_period=save_period, seed=seed, close_mosaic=close_mosaic, mixed_precision=mixed_precision,
-        device=device, log_with=log_with)
+        device=device, log_with=log_with, quad=quad, save_fp32=save_fp32)
     try:
         if evolve:
             from .evolve import evolve as run_evolve
@@ -374,19 +395,64 @@ def info(
     typer.echo(str(summarize(net, img, name=name)))
 
 
+@app.command("convert-dataset")
+def convert_dataset(
+    kind: Annotated[str, typer.Argument(help="coco (an instances JSON) or voc (a folder of XML annotations)")],
+    annotations: Annotated[str, typer.Option(help="coco: the JSON file; voc: the Annotations folder")],
+    images: Annotated[str, typer.Option(help="the folder of the images they describe")],
+    out: Annotated[str, typer.Option(help="the YOLO dataset folder to write (images linked, labels, data.yaml)")],
+    split: Annotated[str, typer.Option(help="the split these images are: train, val or test")] = "train",
+    names: Annotated[str, typer.Option(help="voc: class names in order, comma-separated (default: all found)")
+                     ] = "",
+) -> None:
+    """Convert a COCO-JSON or Pascal VOC dataset to YOLO labels (once; the originals are not touched)."""
+    setup_logging()
+    from .data.convert import convert_coco, convert_voc
+    from .data.sources import DataError
+
+    if kind not in ("coco", "voc"):
+        fail(f"convert-dataset {kind}: choose coco or voc")
+    if split not in ("train", "val", "test"):
+        fail(f"--split must be train, val or test, got {split!r}")
+    try:
+        if kind == "coco":
+            data_yaml = convert_coco(Path(annotations), Path(images), Path(out), split)
+        else:
+            classes = [n.strip() for n in names.split(",") if n.strip()] or None
+            data_yaml = convert_voc(Path(annotations), Path(images), Path(out), split, classes)
+    except DataError as err:
+        fail(str(err))
+    typer.echo(f"Wrote {data_yaml}; train with: yolo-accel train --data {data_yaml}")
+
+
 # YOLOv5 flags that may stand alone or take a value (argparse nargs="?"): the value they mean alone
-OPTIONAL_VALUES = {"--resume": "", "--cache": "ram"}  # an empty --resume: the latest run
+OPTIONAL_VALUES = {"--resume": "", "--cache": "ram", "--evolve": "300"}  # an empty --resume: the latest run
+MANY_VALUES = {"--freeze"}  # YOLOv5 flags that take several values (argparse nargs="+"): `--freeze 0 1 2`
 
 
 def expand_optional_values(args: list[str]) -> list[str]:
-    """`--resume --epochs 5` -> `--resume "" --epochs 5`, so the parser sees a value after each such flag."""
+    """YOLOv5's flag forms for a parser that takes one value per flag: `--resume --epochs 5` -> `--resume ""
+    --epochs 5` (a flag alone takes its default value), `--freeze 0 1 2` -> `--freeze "0 1 2"`."""
     out = []
-    for i, arg in enumerate(args):
+    i = 0
+    while i < len(args):
+        arg = args[i]
         out.append(arg)
-        if arg in OPTIONAL_VALUES and (i + 1 == len(args) or args[i + 1].startswith("-")):
+        i += 1
+        if arg in MANY_VALUES:
+            values = []
+            while i < len(args) and not args[i].startswith("-"):
+                values.append(args[i])
+                i += 1
+            out.append(" ".join(values))
+        elif arg in OPTIONAL_VALUES and (i == len(args) or args[i].startswith("-")):
             out.append(OPTIONAL_VALUES[arg])
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     app(args=expand_optional_values(list(sys.argv[1:] if argv is None else argv)))
+
+
+if __name__ == "__main__":  # `python -m yolo_accel.cli` (how `train --device 0,1` starts its processes)
+    main()

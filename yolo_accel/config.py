@@ -245,6 +245,9 @@ class TrainConfig:
     mixed_precision: str = "auto"
     device: str = ""
     log_with: str = "none"
+    quad: bool = False  # YOLOv5's --quad: four images per training sample at twice the size
+    save_fp32: bool = False  # weights files in fp32 (default: fp16, as YOLOv5 strips them)
+    candidate: bool = False  # an evolve candidate: weights only at the end and no final validation (as YOLOv5)
 
     def resolved(self) -> TrainConfig:
         """Fill the data-dependent defaults and check option values."""
@@ -257,8 +260,6 @@ class TrainConfig:
                                                            f"{config.optimizer!r}"),
             (config.mixed_precision in ("auto", "no", "fp16", "bf16"),
              "--mixed-precision must be auto, no, fp16 or bf16"),
-            (config.log_with in ("none", "wandb", "tensorboard", "all"),
-             "--log-with must be wandb, tensorboard, all or none"),
             (config.cache in (None, "ram", "disk"), "--cache must be ram or disk"),
             (config.epochs >= 1, "--epochs must be at least 1"),
             (config.workers >= 0, f"--workers must be 0 or more, got {config.workers}"),

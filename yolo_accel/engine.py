@@ -70,6 +70,14 @@ class EvalResult:
         return (*self.metrics.results(), *self.losses.tolist())
 
 
+def synchronized_clock(device: torch.device) -> float:
+    """time.perf_counter() once the device has finished what was queued (CUDA runs asynchronously), as YOLOv5's
+    time_sync, so the printed per-stage speeds are true on a GPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, indices: list[int], accelerator: Accelerator, *, nc: int,
              criterion: Callable | None = None, conf_thres: float = 0.001, iou_thres: float = 0.6,
@@ -91,11 +99,11 @@ def evaluate(model: nn.Module, batches: Iterable, indices: list[int], accelerato
     enabled = show_progress and accelerator.is_main_process
     with Progress(len(indices), f"{description:>22}", enabled=enabled) as bar:
         for images, targets, paths, shapes, _ in batches:
-            start = time.perf_counter()
+            start = synchronized_clock(device)
             images = images.to(device, non_blocking=True).float() / 255
             targets = targets.to(device)
             height, width = images.shape[2:]
-            t1 = time.perf_counter()
+            t1 = synchronized_clock(device)
             with accelerator.autocast():
                 if augment:  # test-time augmentation: no raw maps, so no validation loss
                     decoded, raw = model.forward_augmented(images), None
@@ -103,11 +111,11 @@ def evaluate(model: nn.Module, batches: Iterable, indices: list[int], accelerato
                     decoded, raw = model(images, with_raw=True)
             if criterion is not None and raw is not None:
                 loss_sum += criterion([r.float() for r in raw], targets)[1]
-            t2 = time.perf_counter()
+            t2 = synchronized_clock(device)
             targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)
             output = non_max_suppression(decoded.float(), conf_thres, iou_thres, multi_label=True,
                                          agnostic=single_cls, max_det=max_det)
-            t3 = time.perf_counter()
+            t3 = synchronized_clock(device)
             if on_batch is not None:  # (batch number, images 0-1, targets in pixels, NMS output, paths)
                 on_batch(batch_count, images, targets, output, paths)
             for si, pred in enumerate(output):
@@ -175,6 +183,7 @@ class StepPlan:
     criterion: Callable
     warmup: Warmup
     lr_factor: Callable[[int], float]  # epoch -> LR factor of the schedule
+    loss_scale: float  # 4 with --quad, as YOLOv5 scales it
     imgsz: int
     grid_stride: int
     multi_scale: bool
@@ -237,7 +246,7 @@ def train_one_epoch(plan: StepPlan, training: TrainingState, loader: Iterable, e
             predictions = model(images)
             loss, loss_items = plan.criterion([p.float() for p in predictions], targets.to(device))
             # yolov5 parity: DDP averages gradients over processes; YOLOv5 multiplies the loss back
-            accelerator.backward(loss * accelerator.num_processes)
+            accelerator.backward(loss * accelerator.num_processes * plan.loss_scale)
         if will_step:
             accelerator.clip_grad_norm_(model.parameters(), max_norm=10.0)
             optimizer.step()

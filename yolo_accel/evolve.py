@@ -7,7 +7,6 @@ cooperate through the lock; a killed worker loses only its own unfinished candid
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import logging
 import os
@@ -23,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from filelock import FileLock
 
-from .config import TrainConfig, load_hyp
+from .config import ConfigError, TrainConfig, load_hyp
 from .files import atomic_write, increment_path
 from .metrics import fitness
 from .results import METRIC_COLUMNS, read_results
@@ -77,15 +77,11 @@ def mutate(parent_hyp: dict[str, float], rng: np.random.Generator) -> dict[str, 
 
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path`.lock (POSIX advisory lock: works across processes, and across machines on
-    file systems that honour it)."""
+    """An exclusive lock on `path`.lock (filelock: an advisory lock on POSIX, a locked file on Windows; across
+    processes, and across machines on file systems that honour it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(path.suffix + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(path.with_suffix(path.suffix + ".lock"), thread_local=False):
+        yield
 
 
 def read_ledger(path: Path) -> tuple[list[str], np.ndarray]:
@@ -166,7 +162,7 @@ def train_candidate(config: TrainConfig, hyp: dict[str, float]) -> tuple[float, 
         hyp_file = Path(work) / "hyp.yaml"
         hyp_file.write_text(yaml.safe_dump(hyp, sort_keys=False))
         run = train(replace(config, hyp=str(hyp_file), project=work, name="candidate", noval=True, nosave=True,
-                            noplots=True, resume=None, exist_ok=True))
+                            noplots=True, resume=None, exist_ok=True, candidate=True))
         last = read_results(run / "results.csv")[-1]
     return tuple(last[k] for k in RESULT_KEYS)
 
@@ -215,6 +211,9 @@ def evolve_worker(config: TrainConfig, save_dir: Path, generations: int, seed: i
 def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, project: str = "runs/evolve",
            name: str = "exp", resume: str | None = None, seed: int | None = None) -> Path:
     """`yolo-accel evolve`: one worker here, or `parallel` worker processes; returns the evolve folder."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("evolve trains one process per candidate, not one candidate over a process group: run it "
+                          "without accelerate launch, with --parallel N (one worker per GPU)")
     if resume:
         save_dir = Path(resume)
     else:

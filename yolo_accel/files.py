@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from .config import ConfigError
 
@@ -72,16 +73,16 @@ def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = False
 @contextlib.contextmanager
 def exclusive_use(folder: Path, what: str) -> Iterator[None]:
     """Hold `folder`/.lock while the block runs; another process asking for it meanwhile gets FolderInUse."""
-    with open(folder / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FolderInUse(f"{folder} is in use by another {what} (it holds {folder / '.lock'}); choose another "
-                              f"--name, or wait for that one to end") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = FileLock(folder / ".lock", timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise FolderInUse(f"{folder} is in use by another {what} (it holds {folder / '.lock'}); choose another "
+                          f"--name, or wait for that one to end") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class FolderInUse(ConfigError):

@@ -12,8 +12,9 @@ import math
 import os
 import random
 import signal
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_l
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
+from .callbacks import Callbacks
 from .checkpoint import WeightsError, check_state_dict, read_any_weights, save_weights, transfer_weights
 from .config import ConfigError, Hyp, TrainConfig, load_hyp, read_yaml
 from .data.dataset import YoloDataset, check_labels, labels_to_class_weights, labels_to_image_weights
@@ -37,9 +39,10 @@ from .engine import StepPlan, any_process, evaluate, format_results, new_acceler
 from .files import FolderInUse, atomic_write, exclusive_use, increment_path
 from .loss import DetectionLoss, scale_loss_gains
 from .metrics import fitness
+from .model.summary import summarize
 from .model.yolo import DetectionModel, build_model
 from .optim import Warmup, build_optimizer, lr_lambda, scaled_weight_decay
-from .results import RESULT_COLUMNS, append_results, drop_results_from
+from .results import METRIC_COLUMNS, RESULT_COLUMNS, append_results, drop_results_from
 from .state import (
     StateError,
     read_pending_grads,
@@ -49,6 +52,7 @@ from .state import (
     save_snapshot,
     snapshots,
 )
+from .trackers import log_images, log_weights, resolve_trackers
 from .training_state import EarlyStopping, TrainingState
 from .val import build_val_batches, validate_best
 
@@ -165,6 +169,9 @@ class Run:
     nc: int
     names: list[str]
     trackers: list[str]
+    started: float = 0.0  # when the epochs began (time.time()), and at which epoch
+    first_epoch: int = 0
+    callbacks: Callbacks = field(default_factory=Callbacks)
 
     @property
     def plots(self) -> bool:
@@ -186,11 +193,12 @@ class Data:
     class_weights: np.ndarray  # (nc,) inverse class frequencies x nc, for --image-weights
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig, callbacks: Callbacks | None = None) -> Path:
     """Train as `yolo-accel train` does; returns the run folder, or raises TrainingInterrupted after saving the
-    state when stopped by SIGINT/SIGTERM."""
+    state when stopped by SIGINT/SIGTERM. `callbacks`: the user's hooks (callbacks.py), run on the main process."""
     with process_settings_kept(), contextlib.ExitStack() as held:
         run = prepare_run(config, held)
+        run.callbacks = callbacks or Callbacks()
         model = build_training_model(run)
         data = build_data(run, model)
         fit_anchors(run, model, data)
@@ -198,6 +206,8 @@ def train(config: TrainConfig) -> Path:
         if run.resuming:
             restore(run, training, plan)
         start(run, data)
+        run.started, run.first_epoch = time.time(), training.loop.epoch
+        notify(run, training, "on_train_start")
         interrupted = False
         with StopRequest() as stop_request:
             while training.loop.epoch < run.config.epochs:
@@ -209,7 +219,8 @@ def train(config: TrainConfig) -> Path:
                 if training.loop.batch:
                     loader = run.accelerator.skip_first_batches(data.train_loader, training.loop.batch)
                 loader.set_epoch(epoch)
-                on_batch = plot_train_batch(run) if run.plots and epoch == 0 else None
+                notify(run, training, "on_train_epoch_start")
+                on_batch = batch_hooks(run, training, plot=run.plots and epoch == 0)
                 if not train_one_epoch(plan, training, loader, run.config.epochs, lambda: stop_request.requested,
                                        on_batch=on_batch):
                     interrupted = True
@@ -250,6 +261,10 @@ def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
                         f"schedule is re-planned over {config.epochs} epochs")
     else:
         config = config.resolved()
+    for variable, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(variable, "").lower() in ("1", "true"):
+            raise ConfigError(f"{what} is not supported: DDP is the multi-GPU mode for models this size (they fit "
+                              f"on one GPU, so sharding only adds communication); launch with --multi_gpu")
     # without CUDA, Accelerate needs cpu=True to form a multi-process (gloo) group from `accelerate launch`
     use_cpu = config.device == "cpu" or not torch.cuda.is_available()
     mixed_precision = choose_mixed_precision(config.mixed_precision, use_cpu)
@@ -277,13 +292,15 @@ def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
     if refusal:
         raise FolderInUse(refusal)
     save_dir = Path(save_dir)
-    trackers = {"none": [], "all": ["wandb", "tensorboard"]}.get(config.log_with, [config.log_with])
+    trackers = resolve_trackers(config.log_with)
     accelerator = new_accelerator(mixed_precision, cpu=use_cpu, log_with=trackers or None,
                                   project_config=ProjectConfiguration(project_dir=str(save_dir),
                                                                       logging_dir=str(save_dir)),
                                   dataloader_config=DataLoaderConfiguration(even_batches=True))
     set_seed(config.seed + 1 + accelerator.process_index, deterministic=True)
     hyp = Hyp.from_values(load_hyp(config.hyp))
+    if accelerator.is_main_process:
+        LOGGER.info("hyperparameters: " + ", ".join(f"{k}={v:g}" for k, v in hyp.values.items()))
     data = load_data_config(config.data)
     nc, names = (1, ["item"]) if config.single_cls else (data.nc, data.names)
     return Run(config, resuming, accelerator, RunPaths(save_dir), hyp, data, nc, names, trackers)
@@ -301,6 +318,8 @@ def build_training_model(run: Run) -> DetectionModel:
         if accelerator.is_main_process:
             LOGGER.info(f"Transferred {count}/{len(model.state_dict())} items from {config.weights}")
     model.names = run.names
+    if accelerator.is_main_process:
+        LOGGER.info(str(summarize(model)))
     freeze = [f"model.{x}." for x in (config.freeze if len(config.freeze) > 1 else range(config.freeze[0]))]
     for key, param in model.named_parameters():
         param.requires_grad_(not any(f in key for f in freeze))
@@ -325,6 +344,8 @@ def build_data(run: Run, model: DetectionModel) -> Data:
     if batch_size % world:
         raise ConfigError(f"--batch-size {batch_size} must be a multiple of the number of processes ({world})")
     batch_per_device = batch_size // world
+    if config.quad and batch_per_device % 4:
+        raise ConfigError(f"--quad needs a batch size per process that 4 divides, got {batch_per_device}")
     with accelerator.main_process_first():  # the main process writes the label caches the others read
         verbose = accelerator.is_main_process
         train_index = scan_labels(list_images(run.data, "train"), prefix="train: ", workers=config.workers,
@@ -336,7 +357,9 @@ def build_data(run: Run, model: DetectionModel) -> Data:
                             stride=grid_stride, single_cls=config.single_cls, cache=config.cache, seed=config.seed,
                             mosaic_epochs=config.epochs - config.close_mosaic if config.close_mosaic else None,
                             prefix="train: ")
-    train_set.hsv_on_device = accelerator.device.type == "cuda"  # batched there; on CPUs the workers do it
+    train_set.quad = config.quad
+    # batched on the GPU; on CPUs (and for --quad's tiles of four samples) the workers do it
+    train_set.hsv_on_device = accelerator.device.type == "cuda" and not config.quad
     check_labels(train_set, run.nc, str(run.data.source))
     val_set = YoloDataset(val_index, imgsz, batch_size * 2, rect=True, stride=grid_stride, pad=0.5,
                           single_cls=config.single_cls, cache=config.cache, seed=config.seed, prefix="val: ")
@@ -373,6 +396,10 @@ def build_training_state(run: Run, model: DetectionModel, data: Data) -> tuple[T
                                                                             data.imgsz)).to(accelerator.device)
     weight_decay = scaled_weight_decay(hyp.optimizer.weight_decay, data.batch_size)
     optimizer = build_optimizer(model, config.optimizer, hyp.optimizer.lr0, hyp.optimizer.momentum, weight_decay)
+    if accelerator.is_main_process:
+        biases, weights, norms = (len(g["params"]) for g in optimizer.param_groups)
+        LOGGER.info(f"optimizer: {type(optimizer).__name__}(lr={hyp.optimizer.lr0:g}) with parameter groups "
+                    f"{norms} weight(decay=0.0), {weights} weight(decay={weight_decay:g}), {biases} bias")
     lr_factor = lr_lambda(config.epochs, hyp.optimizer.lrf, cosine=config.cos_lr)
     scheduler = LambdaLR(optimizer, lr_lambda=lr_factor)
     if config.sync_bn and accelerator.num_processes > 1:
@@ -385,7 +412,7 @@ def build_training_state(run: Run, model: DetectionModel, data: Data) -> tuple[T
                              EarlyStopping(config.patience), config.epochs, python_rng, maps=np.zeros(run.nc))
     batches_per_epoch = len(data.train_loader)
     warmup = Warmup.plan(hyp.warmup, hyp.optimizer.momentum, batches_per_epoch, data.batch_size)
-    plan = StepPlan(accelerator, criterion, warmup, lr_factor,
+    plan = StepPlan(accelerator, criterion, warmup, lr_factor, 4.0 if config.quad else 1.0,
                     data.imgsz, data.grid_stride, config.multi_scale, batches_per_epoch)
     return training, plan
 
@@ -456,6 +483,7 @@ def end_epoch(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> 
     lrs = [g["lr"] for g in training.optimizer.param_groups]
     training.scheduler.step()
     final_epoch = epoch + 1 == config.epochs or training.stopper.possible_stop
+    notify(run, training, "on_train_epoch_end", losses=list(loop.mean_loss), lrs=lrs)
     results = (0.0,) * 7
     if not config.noval or final_epoch:
         result = evaluate(training.ema.module, data.val_loader, data.val_indices, accelerator, nc=run.nc,
@@ -463,6 +491,7 @@ def end_epoch(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> 
         results, training.maps = result.results(), result.metrics.class_maps
         if accelerator.is_main_process:
             LOGGER.info("\n".join(format_results(result, run.names)))
+        notify(run, training, "on_val_end", metrics=dict(zip(METRIC_COLUMNS, results)))
     stop = training.stopper(epoch, float(fitness(np.array(results).reshape(1, -1))[0]))
     values = [*loop.mean_loss, *results, *lrs]
     failure = None
@@ -470,11 +499,15 @@ def end_epoch(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> 
         try:
             append_results(run.paths.results, epoch, values)
             if not config.nosave or final_epoch:
-                save_epoch_weights(run, training, epoch)
+                saved = save_epoch_weights(run, training, epoch)
+                notify(run, training, "on_model_save", weights=saved)
         except OSError as err:  # every process stops on it, below
             failure = save_failure(run.paths.weights, err).replace("training state", "weights")
+        stop = notify(run, training, "on_fit_epoch_end", metrics=dict(zip(RESULT_COLUMNS, values))) or stop
     if run.trackers:
         accelerator.log(dict(zip(RESULT_COLUMNS, values)), step=epoch)
+        if epoch == run.first_epoch == 0 and run.plots:  # the first training mosaics, as YOLOv5's loggers
+            log_images(accelerator, [run.paths.save_dir / f"train_batch{i}.jpg" for i in range(3)], step=epoch)
     loop.epoch, loop.batch, loop.mean_loss = epoch + 1, 0, [0.0, 0.0, 0.0]
     if any_process(accelerator, failure is not None)[0]:
         raise StateError(failure or "the main process could not save this epoch's weights")
@@ -482,16 +515,16 @@ def end_epoch(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> 
     return bool(broadcast_object_list([stop])[0])
 
 
-def save_epoch_weights(run: Run, training: TrainingState, epoch: int) -> None:
-    """last.safetensors, best.safetensors when fitness matched or beat the best, epoch{N} every --save-period."""
+def save_epoch_weights(run: Run, training: TrainingState, epoch: int) -> list[Path]:
+    """last.safetensors, best.safetensors when fitness matched or beat the best, epoch{N} every --save-period; in
+    fp16 unless --save-fp32. Returns the files written."""
     extra = {"epoch": epoch, "best_fitness": training.stopper.best_fitness,
              "date": datetime.now().isoformat(timespec="seconds")}
     weights, ema = run.paths.weights, training.ema.module
-    save_weights(ema, weights / "last.safetensors", run.names, extra)
-    if training.stopper.improved:
-        save_weights(ema, weights / "best.safetensors", run.names, extra)
-    if run.config.save_period > 0 and epoch % run.config.save_period == 0:
-        save_weights(ema, weights / f"epoch{epoch}.safetensors", run.names, extra)
+    half = not run.config.save_fp32  # as YOLOv5 strips them; the resumable state keeps full precision
+    names = ["last"] + (["best"] if training.stopper.improved else []) + \
+        ([f"epoch{epoch}"] if run.config.save_period > 0 and epoch % run.config.save_period == 0 else [])
+    return [save_weights(ema, weights / f"{name}.safetensors", run.names, extra, half=half) for name in names]
 
 
 def save_state(run: Run, training: TrainingState) -> None:
@@ -505,15 +538,31 @@ def save_state(run: Run, training: TrainingState) -> None:
                   lambda failed: any_process(accelerator, failed)[0])
 
 
-def plot_train_batch(run: Run):
-    """A train_one_epoch hook drawing the first three batches of the first epoch: train_batch{i}.jpg."""
-    from .plots import plot_images
+def batch_hooks(run: Run, training: TrainingState, plot: bool):
+    """train_one_epoch's per-batch hook, if anything needs one: the first three batches drawn (train_batch{i}.jpg)
+    and the user's on_train_batch_end hooks."""
+    hooks = run.callbacks.hooks["on_train_batch_end"] if run.accelerator.is_main_process else []
+    if not (plot or hooks):
+        return None
 
     def hook(i: int, images: torch.Tensor, targets: torch.Tensor, batch_paths: tuple) -> None:
-        if i < 3:
+        if plot and i < 3:
+            from .plots import plot_images
+
             plot_images(images, targets, batch_paths, run.paths.save_dir / f"train_batch{i}.jpg", run.names)
+        if hooks:
+            notify(run, training, "on_train_batch_end", batch=i, losses=list(training.loop.mean_loss))
 
     return hook
+
+
+def notify(run: Run, training: TrainingState, event: str, **values: Any) -> bool:
+    """The user's hooks for `event`, on the main process; True if one asked to stop."""
+    if not run.callbacks.hooks[event] or not run.accelerator.is_main_process:
+        return False
+    values = {"epoch": training.loop.epoch, **values}
+    return run.callbacks.run(event, epochs=run.config.epochs, save_dir=run.paths.save_dir,
+                             model=training.ema.module, **values).stop
 
 
 def finish(run: Run, training: TrainingState, data: Data, plan: StepPlan, interrupted: bool) -> None:
@@ -530,13 +579,23 @@ def finish(run: Run, training: TrainingState, data: Data, plan: StepPlan, interr
 
             plot_results(paths.results)
         if accelerator.is_main_process:
-            LOGGER.info(f"\n{training.loop.epoch} epochs completed. Results saved to {paths.save_dir}")
+            LOGGER.info(f"\n{training.loop.epoch - run.first_epoch} epochs completed in "
+                        f"{(time.time() - run.started) / 3600:.3f} hours. Results saved to {paths.save_dir}")
         best = paths.weights / "best.safetensors"
-        if not run.config.noval and best.exists():
-            validate_best(best, accelerator, data.val_loader, data.val_indices, nc=run.nc, names=run.names,
-                          criterion=plan.criterion, single_cls=run.config.single_cls,
-                          plots_dir=paths.save_dir if run.plots else None)
+        metrics = {}
+        if best.exists() and not run.config.candidate:  # as YOLOv5, --noval too
+            result = validate_best(best, accelerator, data.val_loader, data.val_indices, nc=run.nc, names=run.names,
+                                   criterion=plan.criterion, single_cls=run.config.single_cls,
+                                   plots_dir=paths.save_dir if run.plots else None)
+            metrics = dict(zip(METRIC_COLUMNS, result.results()))
+        notify(run, training, "on_train_end", metrics=metrics)
     if run.trackers:
+        if run.plots and not interrupted:
+            names = [f"val_batch{i}_pred.jpg" for i in range(3)] + [
+                "results.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png", "confusion_matrix.png"]
+            log_images(accelerator, [paths.save_dir / n for n in names], step=training.loop.epoch)
+        if accelerator.is_main_process and not interrupted:
+            log_weights(accelerator, paths.weights / "best.safetensors", f"{paths.save_dir.name}-best")
         accelerator.end_training()
     accelerator.wait_for_everyone()
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -118,6 +118,7 @@ class YoloDataset(Dataset):
         self.mosaic_border = (-imgsz // 2, -imgsz // 2)
         self.hsv = augment and any((self.hyp.hsv_h, self.hyp.hsv_s, self.hyp.hsv_v))
         self.hsv_on_device = False  # set before the first epoch: HSV gains travel with the batch instead
+        self.quad = False  # YOLOv5's --quad (see _quads); HSV then stays in the workers
         order = np.arange(len(index.images))
         self.batch_index = np.zeros(len(order), dtype=np.int64)
         self.batch_shapes = None
@@ -265,8 +266,34 @@ class YoloDataset(Dataset):
         keys = [key if isinstance(key, tuple) else (0, key) for key in keys]
         pool = sorted({index for _, index in keys})
         decoded: dict[int, Decoded] = {}
-        return [self.sample(epoch, index, pool if len(pool) >= MIN_PARTNER_POOL else None, decoded)
-                for epoch, index in keys]
+        samples = [self.sample(epoch, index, pool if len(pool) >= MIN_PARTNER_POOL else None, decoded)
+                   for epoch, index in keys]
+        return self._quads(keys, samples) if self.quad else samples
+
+    def _quads(self, keys: list[tuple[int, int]], samples: list[Sample]) -> list[Sample]:
+        """YOLOv5's --quad: every four samples become one at twice the size, either the first upsampled 2x or the
+        four tiled (first and second down the left, third and fourth down the right), even odds drawn from the
+        group's first key; a batch's last 1-3 samples are dropped."""
+        out = []
+        for k in range(0, len(samples) - 3, 4):
+            epoch, index = keys[k]
+            group = samples[k:k + 4]
+            image, labels, path, shapes, _ = group[0]
+            if np.random.default_rng([self.seed, epoch, index, 4]).random() < 0.5:
+                height, width = image.shape[:2]
+                image = resize(np.ascontiguousarray(image), width * 2, height * 2)
+            else:
+                left = np.concatenate([np.ascontiguousarray(s[0]) for s in group[:2]], 0)
+                right = np.concatenate([np.ascontiguousarray(s[0]) for s in group[2:]], 0)
+                image = np.concatenate((left, right), 1)
+                parts = [s[1].clone() for s in group]
+                for part, (dx, dy) in zip(parts, ((0, 0), (0, 1), (1, 0), (1, 1))):
+                    part[:, 2] += dx
+                    part[:, 3] += dy
+                labels = torch.cat(parts, 0)
+                labels[:, 2:] *= 0.5
+            out.append((image, labels, path, shapes, None))
+        return out
 
     def _image(self, i: int, decoded: dict[int, Decoded]) -> Decoded:
         if i not in decoded:
