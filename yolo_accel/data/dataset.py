@@ -415,6 +415,8 @@ class YoloDataset(Dataset):
         if aligned is not None:  # scale and shift (YOLOv5's hyps): a resize of the part of the canvas in view
             matrix, region = aligned
             image = resize(self._assemble(tiles, region, decoded), out_shape[1], out_shape[0])
+            if np.may_share_memory(image, self._scratch):  # a resize to its own size returns the buffer itself
+                image = image.copy()
         else:
             region = sampled_region(matrix, out_shape, (2 * s, 2 * s))
             shift = np.eye(3)
@@ -422,13 +424,24 @@ class YoloDataset(Dataset):
             image = warp_image(self._assemble(tiles, region, decoded), matrix @ shift, out_shape)
         return image, warp_labels(labels, all_segments, matrix, scale, out_shape)
 
+    def _canvas(self, height: int, width: int) -> np.ndarray:
+        """A grey (height, width, 3) view of one buffer this process reuses: the mosaic regions vary in size from
+        sample to sample, and fresh allocations of every size fragment the heap (worker memory creeping up)."""
+        scratch = getattr(self, "_scratch", None)
+        if scratch is None or scratch.shape[0] < height or scratch.shape[1] < width:
+            side = max(height, width, 2 * self.imgsz)
+            scratch = self._scratch = np.empty((max(height, side), max(width, side), 3), np.uint8)
+        canvas = scratch[:height, :width]
+        canvas[...] = FILL
+        return canvas
+
     def _assemble(self, tiles: list[tuple[int, tuple[int, int]]], region: tuple[int, int, int, int],
                   decoded: dict[int, Decoded]) -> np.ndarray:
         """The (x0, y0, x1, y1) part of the grey 2s x 2s mosaic canvas, each image at its corner, clipped by the
         canvas edges; the region may reach past them. Images with no pixel in the region are not loaded."""
         x0, y0, x1, y1 = region
         size = 2 * self.imgsz
-        canvas = np.full((y1 - y0, x1 - x0, 3), FILL, np.uint8)
+        canvas = self._canvas(y1 - y0, x1 - x0)
         for i, (left, top) in tiles:
             h, w = self.resized_shape(i)
             cx0, cy0 = max(left, x0, 0), max(top, y0, 0)  # the image's visible part, in canvas pixels
