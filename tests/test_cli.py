@@ -19,7 +19,7 @@ def test_help_lists_every_command():
     commands = result.output[result.output.index("Commands"):]
     listed = [line.strip("│ ").split()[0] for line in commands.splitlines()
               if line.startswith("│ ") and not line.startswith("│  ")]
-    assert listed == ["train", "val", "detect", "export", "evolve", "convert", "info"]
+    assert listed == ["train", "val", "detect", "export", "evolve", "convert", "info", "convert-dataset"]
 
 
 def test_info_prints_the_reference_summary_line():
