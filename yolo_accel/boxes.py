@@ -88,8 +88,10 @@ def box_iou(boxes1_xyxy: torch.Tensor, boxes2_xyxy: torch.Tensor, eps: float = 1
 
 
 def bbox_iou(box1: torch.Tensor, box2: torch.Tensor, xywh: bool = True, giou: bool = False, diou: bool = False,
-             ciou: bool = False, eps: float = 1e-7) -> torch.Tensor:
-    """Element-wise IoU (or GIoU/DIoU/CIoU) of boxes (..., 4) broadcast against each other; returns (..., 1)."""
+             ciou: bool = False, eps: float = 1e-7, clamp_height: bool = True) -> torch.Tensor:
+    """Element-wise IoU (or GIoU/DIoU/CIoU) of boxes (..., 4) broadcast against each other; returns (..., 1).
+
+    xyxy heights are clamped to eps (YOLOv5 v7.0), or with `clamp_height=False` get eps added (Ultralytics 8)."""
     if xywh:
         (x1, y1, w1, h1), (x2, y2, w2, h2) = box1.chunk(4, -1), box2.chunk(4, -1)
         w1_, h1_, w2_, h2_ = w1 / 2, h1 / 2, w2 / 2, h2 / 2
@@ -98,8 +100,12 @@ def bbox_iou(box1: torch.Tensor, box2: torch.Tensor, xywh: bool = True, giou: bo
     else:
         b1_x1, b1_y1, b1_x2, b1_y2 = box1.chunk(4, -1)
         b2_x1, b2_y1, b2_x2, b2_y2 = box2.chunk(4, -1)
-        w1, h1 = b1_x2 - b1_x1, (b1_y2 - b1_y1).clamp(eps)
-        w2, h2 = b2_x2 - b2_x1, (b2_y2 - b2_y1).clamp(eps)
+        if clamp_height:
+            w1, h1 = b1_x2 - b1_x1, (b1_y2 - b1_y1).clamp(eps)
+            w2, h2 = b2_x2 - b2_x1, (b2_y2 - b2_y1).clamp(eps)
+        else:
+            w1, h1 = b1_x2 - b1_x1, b1_y2 - b1_y1 + eps
+            w2, h2 = b2_x2 - b2_x1, b2_y2 - b2_y1 + eps
 
     inter = (b1_x2.minimum(b2_x2) - b1_x1.maximum(b2_x1)).clamp(0) * \
             (b1_y2.minimum(b2_y2) - b1_y1.maximum(b2_y1)).clamp(0)

@@ -156,6 +156,7 @@ class LossHyp:
     anchor_t: float = 4.0  # a target matches an anchor when their sides differ by less than this factor
     fl_gamma: float = 0.0  # focal loss gamma (0: plain BCE)
     label_smoothing: float = 0.0
+    dfl: float = 1.5  # anchor-free models: distribution focal loss gain
 
 
 @dataclass(frozen=True)

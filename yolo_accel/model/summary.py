@@ -71,7 +71,10 @@ def summarize(model: nn.Module, imgsz: int | tuple[int, int] = 640, name: str | 
         yaml_file = getattr(model, "yaml_file", None)
         name = yaml_file.rsplit(".", 1)[0].replace("yolov5", "YOLOv5") if yaml_file else "Model"
     params = list(model.parameters())
-    return ModelSummary(name=name, layers=len(list(model.modules())), parameters=sum(p.numel() for p in params),
+    # YOLOv5 counts every module; Ultralytics 8 (whose YOLOv5u models these are) counts the leaf modules
+    modules = [m for _, m in model.named_modules() if not m._modules] if getattr(model, "anchor_free", False) \
+        else list(model.modules())
+    return ModelSummary(name=name, layers=len(modules), parameters=sum(p.numel() for p in params),
                         gradients=sum(p.numel() for p in params if p.requires_grad),
                         gflops=count_gflops(model, imgsz))
 

@@ -16,7 +16,9 @@ from ..config import ConfigError, check_keys, read_yaml, resolve_config
 from .blocks import C3, SPPF, Bottleneck, Concat, Conv
 
 MODEL_KEYS = {"nc", "depth_multiple", "width_multiple", "anchors", "backbone", "head", "ch", "activation",
-              "inplace"}
+              "inplace",
+              # Ultralytics 8 yamls (the YOLOv5u models): scales by letter, the letter, DFL bins, where they came from
+              "scales", "scale", "reg_max", "yaml_file", "channels", "end2end", "kpt_shape"}
 # modules whose first arg is output channels (scaled by width_multiple) and whose first input is ch[from]
 CHANNEL_MODULES = {"Conv": Conv, "Bottleneck": Bottleneck, "C3": C3, "SPPF": SPPF}
 REPEAT_MODULES = {"C3"}  # the depth repeat goes into the module, not an nn.Sequential around it
@@ -93,6 +95,94 @@ class Detect(nn.Module):
             b[:, 5:5 + self.nc] += math.log(0.6 / (self.nc - 0.99999))
 
 
+class DFL(nn.Module):
+    """The distribution focal loss integral: (B, 4 * bins, A) logits -> (B, 4, A) expected distances, in bins."""
+
+    def __init__(self, bins: int = 16):
+        super().__init__()
+        self.bins = bins
+        self.conv = nn.Conv2d(bins, 1, 1, bias=False).requires_grad_(False)
+        self.conv.weight.data[:] = torch.arange(bins, dtype=torch.float).view(1, bins, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, a = x.shape
+        return self.conv(x.view(b, 4, self.bins, a).transpose(2, 1).softmax(1)).view(b, 4, a)
+
+
+class AnchorFreeDetect(nn.Module):
+    """The YOLOv5u head (Ultralytics 8's Detect): per level a box branch `cv2` (Conv 3x3, Conv 3x3, 1x1 to
+    4 x reg_max distance logits) and a class branch `cv3` (Conv 3x3, Conv 3x3, 1x1 to nc); no anchors, no objectness.
+    Boxes are ltrb distances from each cell's centre, decoded with the DFL integral."""
+
+    anchor_free = True
+
+    def __init__(self, nc: int, ch: list[int], reg_max: int = 16, act: nn.Module | None = None):
+        super().__init__()
+        self.nc, self.nl, self.reg_max = nc, len(ch), reg_max
+        act = act if act is not None else nn.SiLU()  # one instance for every Conv, as the model's others
+        self.no = nc + 4 * reg_max  # outputs per cell
+        self.register_buffer("stride", torch.ones(self.nl), persistent=False)  # set by DetectionModel
+        c2, c3 = max(16, ch[0] // 4, 4 * reg_max), max(ch[0], min(nc, 100))  # branch widths, as Ultralytics
+        self.cv2 = nn.ModuleList(nn.Sequential(Conv(c, c2, 3, act=act), Conv(c2, c2, 3, act=act),
+                                               nn.Conv2d(c2, 4 * reg_max, 1)) for c in ch)
+        self.cv3 = nn.ModuleList(nn.Sequential(Conv(c, c3, 3, act=act), Conv(c3, c3, 3, act=act),
+                                               nn.Conv2d(c3, nc, 1)) for c in ch)
+        self.dfl = DFL(reg_max)
+        self._points: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.dynamic = False  # rebuild anchor points every call (exports with dynamic input shapes)
+
+    def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """x: per-level features. Train: list of raw maps (B, 4 * reg_max + nc, H, W).
+        Eval: (decoded (B, N, 4 + nc) with xywh in pixels and sigmoid class scores, raw maps)."""
+        raw = [torch.cat((self.cv2[i](x[i]), self.cv3[i](x[i])), 1) for i in range(self.nl)]
+        if self.training:
+            return raw
+        batch = raw[0].shape[0]
+        flat = torch.cat([r.view(batch, self.no, -1) for r in raw], 2)  # (B, no, N)
+        distances, logits = flat.split((4 * self.reg_max, self.nc), 1)
+        points, strides = self.anchor_points(raw)
+        boxes = distances_to_boxes(self.dfl(distances), points.T[None], xywh=True, dim=1) * strides.T
+        return torch.cat((boxes, logits.sigmoid()), 1).transpose(1, 2), raw
+
+    def anchor_points(self, raw: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 2) cell centres in grid units and (N, 1) strides, for these map sizes (cached per size)."""
+        key = (*((r.shape[2], r.shape[3]) for r in raw), raw[0].device, raw[0].dtype)
+        if self.dynamic or key not in self._points:
+            self._points = {key: make_anchor_points([r.shape[2:] for r in raw], self.stride.tolist(),
+                                                    raw[0].dtype, raw[0].device)}
+        return self._points[key]
+
+    @torch.no_grad()
+    def initialize_biases(self) -> None:
+        """Box logits start at 2.0 and classes at a prior of ~5 objects per 640 image (Ultralytics 8.4)."""
+        for box, cls, s in zip(self.cv2, self.cv3, self.stride.tolist()):
+            box[-1].bias.data[:] = 2.0
+            cls[-1].bias.data[:self.nc] = math.log(5 / self.nc / (640 / s) ** 2)
+
+
+def make_anchor_points(sizes: list, strides: list[float], dtype: torch.dtype, device: torch.device,
+                       offset: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell centres of every level, (N, 2) in each level's grid units (x, y), and their strides (N, 1)."""
+    points, stride_rows = [], []
+    for (h, w), s in zip(sizes, strides):
+        ys = torch.arange(int(h), device=device, dtype=dtype) + offset
+        xs = torch.arange(int(w), device=device, dtype=dtype) + offset
+        yv, xv = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack((xv, yv), -1).view(-1, 2))
+        stride_rows.append(torch.full((int(h) * int(w), 1), float(s), device=device, dtype=dtype))
+    return torch.cat(points), torch.cat(stride_rows)
+
+
+def distances_to_boxes(distances: torch.Tensor, points: torch.Tensor, xywh: bool = True,
+                       dim: int = -1) -> torch.Tensor:
+    """ltrb distances from points -> boxes (xywh or xyxy) along `dim`."""
+    lt, rb = distances.chunk(2, dim)
+    top_left, bottom_right = points - lt, points + rb
+    if xywh:
+        return torch.cat(((top_left + bottom_right) / 2, bottom_right - top_left), dim)
+    return torch.cat((top_left, bottom_right), dim)
+
+
 class DetectionModel(nn.Module):
     """A YOLOv5 detector. `model` is an nn.Sequential so keys read `model.0.conv.weight` ... `model.24.anchors`.
 
@@ -100,6 +190,8 @@ class DetectionModel(nn.Module):
       train mode -> list of raw maps (B, na, H/s, W/s, 5+nc), one per level;
       eval mode  -> decoded (B, N, 5+nc): xywh in input pixels, objectness and class scores in [0, 1];
                     with `with_raw=True`, (decoded, raw maps) for validation losses.
+    With the anchor-free head (YOLOv5u yamls: `Detect, [nc]` and no anchors) the raw maps are
+    (B, 4 * reg_max + nc, H/s, W/s) and the decoded output (B, N, 4 + nc): no objectness column.
     """
 
     def __init__(self, cfg: dict[str, Any], nc: int | None = None, anchors: list | None = None,
@@ -108,7 +200,11 @@ class DetectionModel(nn.Module):
         if not isinstance(cfg, dict):
             raise ConfigError(f"{source}: a model yaml must be a mapping, got {type(cfg).__name__}")
         cfg = copy.deepcopy(cfg)
-        check_keys(cfg, MODEL_KEYS, {"nc", "depth_multiple", "width_multiple", "anchors", "backbone", "head"}, source)
+        required = {"nc", "backbone", "head"} | ({"scales"} if "scales" in cfg else {"depth_multiple",
+                                                                                         "width_multiple"})
+        if not is_anchor_free(cfg):
+            required.add("anchors")
+        check_keys(cfg, MODEL_KEYS, required, source)
         if nc is not None:
             cfg["nc"] = int(nc)
         if anchors is not None:
@@ -127,9 +223,11 @@ class DetectionModel(nn.Module):
         probe = 256  # 2x the largest stride of P5 models; P6 also divides it
         with torch.no_grad():
             maps = self.forward(torch.zeros(1, cfg["ch"], probe, probe))
-        detect.stride.copy_(torch.tensor([probe / m.shape[-3] for m in maps]))
-        apply_anchor_order(detect)
-        detect.anchors /= detect.stride.view(-1, 1, 1)
+        height_dim = -2 if self.anchor_free else -3  # (B, C, H, W) or (B, na, H, W, no)
+        detect.stride.copy_(torch.tensor([probe / m.shape[height_dim] for m in maps]))
+        if not self.anchor_free:
+            apply_anchor_order(detect)
+            detect.anchors /= detect.stride.view(-1, 1, 1)
         detect.initialize_biases()
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -142,6 +240,11 @@ class DetectionModel(nn.Module):
     @property
     def nc(self) -> int:
         return self.model[-1].nc
+
+    @property
+    def anchor_free(self) -> bool:
+        """The YOLOv5u head: class scores without objectness (decoded rows are 4 + nc wide)."""
+        return getattr(self.model[-1], "anchor_free", False)
 
     def forward(self, x: torch.Tensor, with_raw: bool = False):
         outputs: list[torch.Tensor | None] = []
@@ -222,15 +325,16 @@ def parse_model(cfg: dict[str, Any], source: str) -> tuple[nn.Sequential, list, 
 
     Returns (layers, sources per layer, indices whose outputs later layers read).
     """
-    nc, gd, gw, anchors = cfg["nc"], cfg["depth_multiple"], cfg["width_multiple"], cfg["anchors"]
+    nc, anchors = cfg["nc"], cfg.get("anchors")
+    gd, gw, max_channels = model_multiples(cfg, source)
     if not isinstance(nc, int) or isinstance(nc, bool) or not 1 <= nc <= MAX_CLASSES:
         raise ConfigError(f"{source}: nc must be an integer from 1 to {MAX_CLASSES}, got {nc!r}")
-    for key, value in (("depth_multiple", gd), ("width_multiple", gw)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= MAX_MULTIPLE:
-            raise ConfigError(f"{source}: {key} must be a number in (0, {MAX_MULTIPLE}], got {value!r}")
     if not isinstance(cfg["ch"], int) or not 1 <= cfg["ch"] <= 64:
         raise ConfigError(f"{source}: ch (input channels) must be an integer from 1 to 64, got {cfg['ch']!r}")
-    if isinstance(anchors, int) and anchors > 0:  # a count per level: placeholders that AutoAnchor replaces
+    anchor_free = is_anchor_free(cfg)
+    if anchor_free:
+        na = 0
+    elif isinstance(anchors, int) and anchors > 0:  # a count per level: placeholders that AutoAnchor replaces
         na = anchors
     elif isinstance(anchors, list) and anchors:
         na = len(anchors[0]) // 2
@@ -258,7 +362,7 @@ def parse_model(cfg: dict[str, Any], source: str) -> tuple[nn.Sequential, list, 
             if name in CHANNEL_MODULES:
                 c1, c2 = ch[src], args[0]
                 if c2 != outputs_per_level:
-                    c2 = make_divisible(c2 * gw, 8)
+                    c2 = make_divisible(min(c2, max_channels) * gw, 8)
                 if not 1 <= c2 <= MAX_CHANNELS:
                     raise ConfigError(f"{source}: layer {i}: {c2} output channels (at most {MAX_CHANNELS})")
                 args = [c1, c2, *args[1:]]
@@ -270,6 +374,9 @@ def parse_model(cfg: dict[str, Any], source: str) -> tuple[nn.Sequential, list, 
                 cls, c2 = Concat, sum(ch[j] for j in src)
             elif name in ("nn.Upsample", "Upsample"):
                 cls, c2 = nn.Upsample, ch[src]
+            elif name == "Detect" and anchor_free:
+                cls, kwargs = AnchorFreeDetect, {"act": act}
+                args = [args[0], [ch[j] for j in src], int(cfg.get("reg_max", 16))]
             elif name == "Detect":
                 if isinstance(args[1], int):  # a number of anchors: placeholders, replaced by AutoAnchor
                     args[1] = [list(range(args[1] * 2))] * len(src)
@@ -291,9 +398,40 @@ def parse_model(cfg: dict[str, Any], source: str) -> tuple[nn.Sequential, list, 
         if i == 0:
             ch = []
         ch.append(c2)
-    if not isinstance(layers[-1], Detect):
+    if not isinstance(layers[-1], (Detect, AnchorFreeDetect)):
         raise ConfigError(f"{source}: the last layer must be Detect")
     return nn.Sequential(*layers), sources, save
+
+
+def is_anchor_free(cfg: dict[str, Any]) -> bool:
+    """A YOLOv5u yaml: its last layer is `Detect, [nc]` (no anchors argument) and it has no anchors key."""
+    try:
+        last = cfg["head"][-1]
+        return last[2] == "Detect" and len(last[3]) == 1 and "anchors" not in cfg
+    except (KeyError, IndexError, TypeError):
+        return False
+
+
+def model_multiples(cfg: dict[str, Any], source: str) -> tuple[float, float, float]:
+    """(depth multiple, width multiple, channel cap): the yaml's own, or, in an Ultralytics 8 yaml with `scales`,
+    those of its `scale` letter."""
+    if "scales" in cfg:
+        scales, scale = cfg["scales"], cfg.get("scale")
+        if not isinstance(scales, dict) or not scales:
+            raise ConfigError(f"{source}: scales must map a letter to [depth, width, max_channels]")
+        scale = scale if scale in scales else next(iter(scales))
+        try:
+            depth, width, cap = (float(v) for v in scales[scale])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: scales[{scale!r}] must be [depth, width, max_channels]") from None
+    else:
+        depth, width, cap = cfg["depth_multiple"], cfg["width_multiple"], math.inf
+    for key, value in (("depth_multiple", depth), ("width_multiple", width)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= MAX_MULTIPLE:
+            raise ConfigError(f"{source}: {key} must be a number in (0, {MAX_MULTIPLE}], got {value!r}")
+    if not cap >= 8:
+        raise ConfigError(f"{source}: max_channels must be at least 8, got {cap}")
+    return depth, width, cap
 
 
 def load_model_yaml(cfg: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
