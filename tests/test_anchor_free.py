@@ -102,3 +102,172 @@ def test_every_parameter_gets_a_gradient():
     # the box branch of a level gets gradient only from cells assigned to some box; every class branch does
     zero = [k for k, p in trainable.items() if not p.grad.any() and not k.startswith("model.24.cv2.")]
     assert not zero, zero
+
+
+def test_an_ultralytics_yolov5u_checkpoint_converts_with_identical_outputs(tmp_path):
+    from typer.testing import CliRunner
+
+    from yolo_accel.checkpoint import import_ultralytics, load_model
+    from yolo_accel.cli import app
+
+    model, names, _ = import_ultralytics(FIXTURE / "tiny_u_ultralytics.pt")
+    assert model.anchor_free and names == ["red", "green", "blue"]
+    assert_outputs_match(model, load_file(str(FIXTURE / "tiny_u_outputs.safetensors")))
+    out = tmp_path / "tiny_u.safetensors"  # and through the command, to weights that load on their own
+    result = CliRunner().invoke(app, ["convert", str(FIXTURE / "tiny_u_ultralytics.pt"), str(out)])
+    assert result.exit_code == 0, result.output
+    assert load_model(out).anchor_free
+
+
+# ---- training, validation, detection, export and evolution with a u-model ----
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from yolo_accel.data.demo import write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("data"), train_images=16, val_images=8, imgsz=64, seed=3)
+
+
+def u_config(data, project, **overrides):
+    from yolo_accel.config import TrainConfig
+
+    options = dict(data=str(data), model=str(TINY_U), epochs=2, batch_size=8, imgsz=64, workers=0,
+                   project=str(project), noplots=True)
+    return TrainConfig(**{**options, **overrides})
+
+
+def test_a_u_model_trains_with_its_own_recipe_and_serves_val_detect_and_export(tiny_data, tmp_path, caplog):
+    import yaml
+
+    from yolo_accel import YOLO
+    from yolo_accel.checkpoint import load_model
+    from yolo_accel.export import export, output_difference
+    from yolo_accel.results import read_results
+    from yolo_accel.train import train
+    from yolo_accel.val import validate
+
+    with caplog.at_level("INFO", logger="yolo_accel"):
+        run = train(u_config(tiny_data, tmp_path, noplots=False))
+    assert (run / "results.png").stat().st_size > 10_000 and (run / "confusion_matrix.png").is_file()
+    header = [h.strip() for h in (run / "results.csv").read_text().splitlines()[0].split(",")]
+    assert header[1:4] == ["train/box_loss", "train/cls_loss", "train/dfl_loss"]  # Ultralytics' names
+    assert header[8:11] == ["val/box_loss", "val/cls_loss", "val/dfl_loss"]
+    rows = read_results(run / "results.csv")
+    assert all(0 < rows[-1][k] < 20 for k in header[1:4] + header[8:11])
+    opt, hyp = (yaml.safe_load((run / f"{n}.yaml").read_text()) for n in ("opt", "hyp"))
+    # the recipe: the anchor-free hyp, auto -> AdamW with lr0 = 0.002 * 5 / (4 + 6 classes), close_mosaic 10
+    assert (opt["optimizer"], opt["close_mosaic"]) == ("AdamW", 10) and opt["hyp"] == "anchor-free"
+    assert (hyp["lr0"], hyp["momentum"], hyp["warmup_bias_lr"], hyp["dfl"], hyp["box"]) == (0.001, 0.9, 0.0, 1.5, 7.5)
+    assert "obj" not in hyp and "anchor_t" not in hyp
+    text = caplog.text
+    assert "optimizer: auto chose AdamW(lr=0.001, momentum=0.9) for 16 images, 2 epochs" in text
+    assert "box_loss   cls_loss   dfl_loss" in text and "AutoAnchor" not in text
+
+    best = run / "weights" / "best.safetensors"
+    assert load_model(best).anchor_free
+    _, (result,) = validate(str(tiny_data), [str(best)], imgsz=64, workers=0, project=str(tmp_path / "val"))
+    assert result.images == 8 and len(result.results()) == 7 and all(v == v for v in result.results())
+    images = sorted((tiny_data.parent / "images" / "val").glob("*.png"))
+    predictions = YOLO(str(best)).predict([str(p) for p in images], imgsz=64, conf=0.001)
+    assert len(predictions) == 8 and sum(len(p.boxes_xyxy) for p in predictions) > 0
+    assert all(((p.scores >= 0.001) & (p.scores <= 1)).all() for p in predictions)
+
+    with caplog.at_level("INFO", logger="yolo_accel"):
+        (path,) = export(str(best), include=("torchscript",), imgsz=64, device="cpu")
+    assert "(batch, boxes, xywh + 6 class scores)" in caplog.text
+    extra = {"config.txt": ""}
+    scripted = torch.jit.load(str(path), _extra_files=extra)
+    assert json.loads(extra["config.txt"])["anchor_free"] is True
+    check = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = load_model(best).eval().fuse()(check)
+    assert expected.shape == (1, 8 * 8 + 4 * 4 + 2 * 2, 4 + 6)  # anchor points of strides 8, 16, 32; no objectness
+    assert output_difference(scripted(check), expected, 64) <= 1e-4
+
+
+def test_a_u_model_stopped_mid_epoch_resumes_to_the_same_weights(tiny_data, tmp_path, monkeypatch):
+    from test_train import final_weights, latest_state, max_difference
+
+    from yolo_accel import train as train_module
+    from yolo_accel.config import TrainConfig
+    from yolo_accel.train import TrainingInterrupted, train
+
+    train(u_config(tiny_data, tmp_path / "a", noval=True, close_mosaic=1))
+    original = train_module.train_one_epoch
+
+    def stop_mid_epoch_1(plan, training, loader, epochs, stop_requested, **kwargs):
+        if training.loop.epoch == 1:
+            stop_requested = lambda: training.loop.batch >= 1  # noqa: E731
+        return original(plan, training, loader, epochs, stop_requested, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", stop_mid_epoch_1)
+    with pytest.raises(TrainingInterrupted):
+        train(u_config(tiny_data, tmp_path / "b", noval=True, close_mosaic=1))
+    monkeypatch.undo()
+    run = tmp_path / "b" / "exp"
+    assert json.loads((latest_state(run) / "trainer.json").read_text())["loop"]["batch"] == 1
+    train(TrainConfig(resume=str(run)))
+    assert max_difference(final_weights(tmp_path / "a" / "exp"), final_weights(run)) <= 1e-6
+
+
+def test_fine_tuning_converted_ultralytics_u_weights(tiny_data, tmp_path, caplog):
+    from yolo_accel.checkpoint import import_ultralytics, save_weights
+    from yolo_accel.train import train
+
+    model, names, _ = import_ultralytics(FIXTURE / "tiny_u_ultralytics.pt")
+    weights = save_weights(model, tmp_path / "tiny_u.safetensors", names=names)
+    with caplog.at_level("INFO", logger="yolo_accel"):
+        train(u_config(tiny_data, tmp_path, model="", weights=str(weights), epochs=1, noval=True))
+    total = len(model.state_dict())
+    # all but the class branch's last conv per level (3 classes there, 6 here): weight and bias
+    assert f"Transferred {total - 6}/{total} items from {weights}" in caplog.text
+    assert "optimizer: auto chose AdamW" in caplog.text  # the weights' model is anchor-free: its recipe
+
+
+def test_recipes_and_models_must_fit(tiny_data, tmp_path, caplog):
+    from yolo_accel.config import ConfigError
+    from yolo_accel.train import train
+
+    with pytest.raises(ConfigError, match=r"recipe for anchor-free.*without anchor_t"):
+        train(u_config(tiny_data, tmp_path, model="yolov5n", hyp="anchor-free"))
+    assert not (tmp_path / "exp").exists()  # refused before the run folder
+    with caplog.at_level("INFO", logger="yolo_accel"):  # a YOLOv5 hyp on a u-model: its own keys stay unused
+        train(u_config(tiny_data, tmp_path, hyp="scratch-low", optimizer="SGD", epochs=1, noval=True))
+    assert "anchor_t, cls_pw, fl_gamma, iou_t, obj, obj_pw do not apply to anchor-free models" in caplog.text
+    assert "optimizer: SGD(lr=0.01)" in caplog.text
+
+
+def test_evolve_mutates_the_anchor_free_gains_within_their_bounds(tiny_data, tmp_path):
+    import yaml
+
+    from yolo_accel.evolve import ANCHOR_FREE_BOUNDS, evolve, read_ledger
+
+    run = evolve(u_config(tiny_data, tmp_path, epochs=1), generations=2, project=str(tmp_path / "evolve"), seed=0)
+    header, rows = read_ledger(run / "evolve.csv")
+    assert header[4:7] == ["val/box_loss", "val/cls_loss", "val/dfl_loss"]
+    assert "dfl" in header and not {"obj", "anchor_t", "anchors"} & set(header)
+    assert rows.shape[0] == 2
+    for key in ("box", "cls", "dfl"):
+        low, high = ANCHOR_FREE_BOUNDS[key][1:]
+        assert all(low <= v <= high for v in rows[:, header.index(key)])
+    start = yaml.safe_load((run / "hyp_start.yaml").read_text())  # auto decided once, for every candidate
+    assert start["lr0"] == 0.001 and yaml.safe_load((run / "opt.yaml").read_text())["optimizer"] == "AdamW"
+    assert rows[0, header.index("lr0")] == 0.001  # the first candidate starts from it
+
+
+def test_a_u_model_exports_to_dynamic_onnx(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from yolo_accel.checkpoint import import_ultralytics, load_model, save_weights
+    from yolo_accel.export import export, output_difference
+
+    model, names, _ = import_ultralytics(FIXTURE / "tiny_u_ultralytics.pt")
+    weights = save_weights(model, tmp_path / "tiny_u.safetensors", names=names)
+    (path,) = export(str(weights), include=("onnx",), imgsz=64, dynamic=True, device="cpu")
+    images = torch.rand(2, 3, 96, 160, generator=torch.Generator().manual_seed(2))  # another batch and size
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    output = session.run(None, {"images": images.numpy()})[0]
+    with torch.no_grad():
+        expected = load_model(weights).eval().fuse()(images)
+    assert output.shape == tuple(expected.shape) == (2, 12 * 20 + 6 * 10 + 3 * 5, 4 + 3)
+    assert output_difference(torch.from_numpy(output), expected, 160) <= 1e-4

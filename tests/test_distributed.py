@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REFERENCE, ROOT
+from conftest import FIXTURES, REFERENCE, ROOT
 from safetensors.torch import load_file
 
 from yolo_accel.data.demo import write_demo_dataset
@@ -26,8 +26,8 @@ def data(tmp_path_factory) -> Path:
     return write_demo_dataset(tmp_path_factory.mktemp("data"), train_images=24, val_images=8, imgsz=64, seed=3)
 
 
-def train_args(data: Path, project: Path) -> list[str]:
-    return [str(ROOT / "cli.py"), "train", "--data", str(data), "--cfg", str(REFERENCE / "tiny.yaml"), "--epochs", "2",
+def train_args(data: Path, project: Path, cfg: Path = REFERENCE / "tiny.yaml") -> list[str]:
+    return [str(ROOT / "cli.py"), "train", "--data", str(data), "--cfg", str(cfg), "--epochs", "2",
             "--batch-size", "8", "--img", "64", "--workers", "1", "--noautoanchor", "--project", str(project)]
 
 
@@ -55,13 +55,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(data, tmp_path):
+@pytest.mark.parametrize("cfg", [REFERENCE / "tiny.yaml", FIXTURES / "anchor_free" / "tiny_u.yaml"],
+                         ids=["yolov5", "yolov5u"])
+def test_two_processes_match_one_process_with_the_same_global_batch(data, tmp_path, cfg):
     # mosaics draw partners from each process's own part of the batch, so the two runs would see other mosaics;
     # without mosaic every sample is the same in both
     no_mosaic = ["--close-mosaic", "2"]
-    single = run([sys.executable, *train_args(data, tmp_path / "one"), *no_mosaic])
+    single = run([sys.executable, *train_args(data, tmp_path / "one", cfg), *no_mosaic])
     double = run([*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                  "--main_process_port", str(free_port()), *train_args(data, tmp_path / "two"), *no_mosaic])
+                  "--main_process_port", str(free_port()), *train_args(data, tmp_path / "two", cfg), *no_mosaic])
     assert "Starting training" in single.stdout and double.stdout.count("Starting training") == 1  # one main process
     runs = [tmp_path / "one" / "exp", tmp_path / "two" / "exp"]
     assert not (tmp_path / "two" / "exp2").exists()  # both ranks wrote into one run folder

@@ -43,7 +43,7 @@ class TrainingEvent:
     save_dir: Path
     model: Any = None  # the EMA model (what gets validated and saved)
     batch: int | None = None
-    losses: list[float] = field(default_factory=list)  # box, obj, cls (running means over the epoch)
+    losses: list[float] = field(default_factory=list)  # the loss items, running means over the epoch
     lrs: list[float] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     weights: list[Path] = field(default_factory=list)

@@ -156,7 +156,8 @@ def transfer_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], exc
 
 # Ultralytics .pt import
 
-STAND_IN_PREFIXES = ("models.", "yolov5.models.", "torch.nn.modules.")
+# modules of YOLOv5 (models.*), its pip package, Ultralytics 8 (ultralytics.nn.*: YOLOv5u checkpoints) and torch
+STAND_IN_PREFIXES = ("models.", "yolov5.models.", "ultralytics.nn.", "torch.nn.modules.")
 TORCH_DTYPES = {"float16", "float32", "float64", "bfloat16", "half", "float", "double", "int8", "uint8", "int16",
                 "int32", "int64", "long", "int", "bool", "complex64", "complex128"}
 

@@ -48,7 +48,7 @@ Cache = Annotated[str | None, typer.Option(help="cache images in ram (bare --cac
 ImageWeights = Annotated[bool, typer.Option("--image-weights", help="weighted image selection")]
 MultiScale = Annotated[bool, typer.Option("--multi-scale", help="vary image size +/- 50%%")]
 SingleCls = Annotated[bool, typer.Option("--single-cls", help="train as single-class")]
-Optimizer = Annotated[str, typer.Option(help="SGD, Adam or AdamW")]
+Optimizer = Annotated[str, typer.Option(help="SGD, Adam, AdamW or auto [default: SGD; auto for YOLOv5u models]")]
 CosLr = Annotated[bool, typer.Option("--cos-lr", help="cosine LR schedule")]
 
 
@@ -101,7 +101,8 @@ def train(
     data: DataYaml = "demo",
     cfg: ModelCfg = "",
     weights: Annotated[str, typer.Option(help="initial weights: .safetensors or an Ultralytics .pt")] = "",
-    hyp: Annotated[str, typer.Option(help="hyperparameters: scratch-low|med|high or a yaml path")] = "scratch-low",
+    hyp: Annotated[str, typer.Option(help="hyperparameters: scratch-low|med|high, anchor-free or a yaml path "
+                                          "[default: scratch-low; anchor-free for YOLOv5u models]")] = "",
     epochs: Annotated[int | None, typer.Option(help="total epochs [default: 100; 50 on the demo data]")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "--batch",
                                             help="total batch over all processes; -1 AutoBatch (CUDA)")] = 16,
@@ -118,7 +119,7 @@ def train(
     image_weights: ImageWeights = False,
     multi_scale: MultiScale = False,
     single_cls: SingleCls = False,
-    optimizer: Optimizer = "SGD",
+    optimizer: Optimizer = "",
     sync_bn: Annotated[bool, typer.Option("--sync-bn", help="SyncBatchNorm across processes")] = False,
     workers: Annotated[int, typer.Option(help="max dataloader workers per process")] = 8,
     project: RunFolder = "runs/train",
@@ -130,7 +131,8 @@ def train(
     freeze: Annotated[str, typer.Option(help="freeze the first N layers (10 = backbone) or layers 0,1,2")] = "0",
     save_period: Annotated[int, typer.Option(help="save weights every N epochs (disabled if < 1)")] = -1,
     seed: Annotated[int, typer.Option(help="global training seed")] = 0,
-    close_mosaic: Annotated[int, typer.Option(help="train the last N epochs without mosaic")] = 0,
+    close_mosaic: Annotated[int | None, typer.Option(help="train the last N epochs without mosaic "
+                                                     "[default: 0; 10 for YOLOv5u models]")] = None,
     mixed_precision: Annotated[str, typer.Option(
         help="auto (accelerate launch's choice, else fp16 on CUDA, bf16 on CPUs with bf16 instructions), no, fp16 "
              "or bf16")] = "auto",
@@ -298,7 +300,8 @@ def evolve(
     data: DataYaml = "demo",
     cfg: ModelCfg = "",
     weights: Annotated[str, typer.Option(help="initial weights for every candidate")] = "",
-    hyp: Annotated[str, typer.Option(help="starting hyperparameters (scratch-low|med|high or a yaml)")] = "scratch-low",
+    hyp: Annotated[str, typer.Option(help="starting hyperparameters: scratch-low|med|high, anchor-free or a yaml "
+                                          "[default: the model's recipe]")] = "",
     epochs: Annotated[int | None, typer.Option(help="epochs per candidate [default: as train]")] = None,
     generations: Annotated[int, typer.Option(help="total candidates in the ledger, all workers together")] = 300,
     parallel: Annotated[int, typer.Option(help="worker processes to start here (one per GPU if there are GPUs)")] = 1,
@@ -306,7 +309,7 @@ def evolve(
     imgsz: Annotated[int | None, typer.Option("--imgsz", "--img", "--img-size", help="image size")] = None,
     noautoanchor: Annotated[bool, typer.Option("--noautoanchor", help="no AutoAnchor (anchors not evolved)")] = False,
     single_cls: SingleCls = False,
-    optimizer: Optimizer = "SGD",
+    optimizer: Optimizer = "",
     cache: Cache = None,
     rect: Rect = False,
     image_weights: ImageWeights = False,

@@ -95,6 +95,8 @@ HYP_KEYS = {"lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_m
             "cls", "cls_pw", "obj", "obj_pw", "iou_t", "anchor_t", "fl_gamma", "hsv_h", "hsv_s", "hsv_v", "degrees",
             "translate", "scale", "shear", "perspective", "flipud", "fliplr", "mosaic", "mixup", "copy_paste"}
 OPTIONAL_HYP_KEYS = {"anchors", "label_smoothing"}  # anchors per level (evolve), smoothing (older hyps)
+# the anchor-free (YOLOv5u) recipe: no objectness, anchors or target-matching thresholds; a DFL gain instead
+ANCHOR_FREE_HYP_KEYS = (HYP_KEYS - {"cls_pw", "obj", "obj_pw", "iou_t", "anchor_t", "fl_gamma"}) | {"dfl"}
 
 
 # (low, high, low included) per hyperparameter: values outside make training fail or mean nothing
@@ -106,7 +108,19 @@ HYP_RANGES = {
     "hsv_h": (0, 1, True), "hsv_s": (0, 1, True), "hsv_v": (0, 1, True), "degrees": (0, 360, True),
     "translate": (0, 1, True), "scale": (0, 1, True), "shear": (0, 90, True), "perspective": (0, 0.1, True),
     "flipud": (0, 1, True), "fliplr": (0, 1, True), "mosaic": (0, 1, True), "mixup": (0, 1, True),
-    "copy_paste": (0, 1, True), "anchors": (1, 20, True), "label_smoothing": (0, 1, True)}
+    "copy_paste": (0, 1, True), "anchors": (1, 20, True), "label_smoothing": (0, 1, True), "dfl": (0, 1000, True)}
+
+
+def check_hyp_for_model(values: Mapping[str, float], anchor_free: bool, source: str) -> list[str]:
+    """Refuse the anchor-free recipe for an anchor-based model (its objectness and matching values are missing);
+    for an anchor-free model, return the YOLOv5-only keys of a YOLOv5 hyp, which it leaves unused."""
+    if anchor_free:
+        return sorted(k for k in values if k in HYP_KEYS - ANCHOR_FREE_HYP_KEYS or k in ("anchors", "label_smoothing"))
+    missing = sorted(HYP_KEYS - set(values))
+    if missing:
+        raise ConfigError(f"{source} is a recipe for anchor-free (YOLOv5u) models, without {', '.join(missing)} that "
+                          f"this anchor-based model needs; use a YOLOv5 hyp (scratch-low, scratch-med, scratch-high)")
+    return []
 
 
 def load_hyp(name: str | Path) -> dict[str, float]:
@@ -114,7 +128,8 @@ def load_hyp(name: str | Path) -> dict[str, float]:
     each a finite number in its range."""
     path = resolve_config(name, "hyps")
     hyp = read_yaml(path)
-    check_keys(hyp, HYP_KEYS | OPTIONAL_HYP_KEYS, HYP_KEYS, str(path))
+    required = ANCHOR_FREE_HYP_KEYS if "dfl" in hyp else HYP_KEYS
+    check_keys(hyp, required | OPTIONAL_HYP_KEYS, required, str(path))
     bad = [k for k, v in hyp.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
     if bad:
         raise ConfigError(f"{path}: hyperparameters must be numbers: {', '.join(bad)}")
@@ -216,7 +231,7 @@ class TrainConfig:
     data: str = "demo"
     model: str = ""  # model yaml (YOLOv5's --cfg); empty: the weights' own, else yolov5n
     weights: str = ""
-    hyp: str = "scratch-low"
+    hyp: str = ""  # empty: scratch-low, or anchor-free for YOLOv5u models
     epochs: int | None = None  # None: 100, or 50 on the demo data
     batch_size: int = 16  # total over all processes; -1 = AutoBatch (CUDA)
     imgsz: int | None = None  # None: 640, or 128 on the demo data
@@ -230,7 +245,7 @@ class TrainConfig:
     image_weights: bool = False
     multi_scale: bool = False
     single_cls: bool = False
-    optimizer: str = "SGD"
+    optimizer: str = ""  # empty: SGD, or auto for YOLOv5u models
     sync_bn: bool = False
     workers: int = 8
     project: str = "runs/train"
@@ -242,13 +257,19 @@ class TrainConfig:
     freeze: tuple[int, ...] = (0,)
     save_period: int = -1
     seed: int = 0
-    close_mosaic: int = 0
+    close_mosaic: int | None = None  # None: 0, or 10 for YOLOv5u models
     mixed_precision: str = "auto"
     device: str = ""
     log_with: str = "none"
     quad: bool = False  # YOLOv5's --quad: four images per training sample at twice the size
     save_fp32: bool = False  # weights files in fp32 (default: fp16, as YOLOv5 strips them)
     candidate: bool = False  # an evolve candidate: weights only at the end and no final validation (as YOLOv5)
+
+    def for_model(self, anchor_free: bool) -> TrainConfig:
+        """The recipe defaults that depend on the model: YOLOv5's, or Ultralytics 8's for YOLOv5u models."""
+        return replace(self, hyp=self.hyp or ("anchor-free" if anchor_free else "scratch-low"),
+                       optimizer=self.optimizer or ("auto" if anchor_free else "SGD"),
+                       close_mosaic=self.close_mosaic if self.close_mosaic is not None else (10 if anchor_free else 0))
 
     def resolved(self) -> TrainConfig:
         """Fill the data-dependent defaults and check option values."""
@@ -257,14 +278,15 @@ class TrainConfig:
                          imgsz=self.imgsz if self.imgsz is not None else defaults["imgsz"],
                          model=self.model or ("" if self.weights else "yolov5n"), freeze=tuple(self.freeze))
         checks = [
-            (config.optimizer in ("SGD", "Adam", "AdamW"), f"--optimizer must be SGD, Adam or AdamW, got "
-                                                           f"{config.optimizer!r}"),
+            (config.optimizer in ("", "SGD", "Adam", "AdamW", "auto"),
+             f"--optimizer must be SGD, Adam, AdamW or auto, got {config.optimizer!r}"),
             (config.mixed_precision in ("auto", "no", "fp16", "bf16"),
              "--mixed-precision must be auto, no, fp16 or bf16"),
             (config.cache in (None, "ram", "disk"), "--cache must be ram or disk"),
             (config.epochs >= 1, "--epochs must be at least 1"),
             (config.workers >= 0, f"--workers must be 0 or more, got {config.workers}"),
-            (config.close_mosaic >= 0, f"--close-mosaic must be 0 or more, got {config.close_mosaic}"),
+            (config.close_mosaic is None or config.close_mosaic >= 0,
+             f"--close-mosaic must be 0 or more, got {config.close_mosaic}"),
             (all(f >= 0 for f in config.freeze), "--freeze takes layer counts or indices of 0 or more"),
             (config.batch_size >= 1 or config.batch_size == -1, "--batch-size must be positive, or -1 for AutoBatch"),
             (config.imgsz >= 32, "--imgsz must be at least 32"),

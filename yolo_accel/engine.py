@@ -58,7 +58,7 @@ class ImagePredictions:
 @dataclass
 class EvalResult:
     metrics: DetectionMetrics
-    losses: np.ndarray  # (3,) mean box, obj, cls loss per batch (zeros without a criterion)
+    losses: np.ndarray  # (3,) mean loss items per batch, the criterion's loss_names (zeros without a criterion)
     images: int
     instances: int
     confusion: ConfusionMatrix
@@ -66,7 +66,7 @@ class EvalResult:
     predictions: list[ImagePredictions] = field(default_factory=list)
 
     def results(self) -> tuple[float, ...]:
-        """(P, R, mAP50, mAP50-95, val box, val obj, val cls): the order of YOLOv5's results tuple."""
+        """(P, R, mAP50, mAP50-95, then the 3 val losses): the order of YOLOv5's results tuple."""
         return (*self.metrics.results(), *self.losses.tolist())
 
 
@@ -114,7 +114,8 @@ def evaluate(model: nn.Module, batches: Iterable, indices: list[int], accelerato
             t2 = synchronized_clock(device)
             targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)
             output = non_max_suppression(decoded.float(), conf_thres, iou_thres, multi_label=True,
-                                         agnostic=single_cls, max_det=max_det)
+                                         agnostic=single_cls, max_det=max_det,
+                                         objectness=not getattr(model, "anchor_free", False))
             t3 = synchronized_clock(device)
             if on_batch is not None:  # (batch number, images 0-1, targets in pixels, NMS output, paths)
                 on_batch(batch_count, images, targets, output, paths)
@@ -218,7 +219,8 @@ def train_one_epoch(plan: StepPlan, training: TrainingState, loader: Iterable, e
     device = accelerator.device
     model.train()
     epoch_factor = plan.lr_factor(state.epoch)
-    header = ("%11s" * 7) % ("Epoch", "GPU_mem", *LOSS_NAMES, "Instances", "Size")
+    header = ("%11s" * 7) % ("Epoch", "GPU_mem", *getattr(plan.criterion, "loss_names", LOSS_NAMES), "Instances",
+                              "Size")
     if accelerator.is_main_process and show_progress:
         LOGGER.info(header)
     bar = Progress(plan.batches_per_epoch, "", enabled=accelerator.is_main_process and show_progress)
@@ -270,7 +272,8 @@ def train_one_epoch(plan: StepPlan, training: TrainingState, loader: Iterable, e
         stop, diverged = any_process(accelerator, stop_requested(), not math.isfinite(sum(state.mean_loss)))
         if diverged:
             bar.close()
-            raise NonFiniteLoss(f"the training loss became non-finite (box, obj, cls: {state.mean_loss}) at epoch "
+            names = ", ".join(getattr(plan.criterion, "loss_names", LOSS_NAMES))
+            raise NonFiniteLoss(f"the training loss became non-finite ({names}: {state.mean_loss}) at epoch "
                                 f"{state.epoch}, batch {state.batch - 1}; training stopped before saving anything "
                                 f"of it. Lower lr0 in --hyp, or try --mixed-precision no")
         if stop:

@@ -25,8 +25,10 @@ import yaml
 from filelock import FileLock
 
 from .config import ConfigError, TrainConfig, load_hyp
+from .data.sources import list_images, load_data_config
 from .files import atomic_write, increment_path
 from .metrics import fitness
+from .optim import auto_optimizer
 from .results import METRIC_COLUMNS, read_results
 
 LOGGER = logging.getLogger("yolo_accel")
@@ -41,13 +43,20 @@ BOUNDS = {
     "degrees": (1, 0.0, 45.0), "translate": (1, 0.0, 0.9), "scale": (1, 0.0, 0.9), "shear": (1, 0.0, 10.0),
     "perspective": (0, 0.0, 0.001), "flipud": (1, 0.0, 1.0), "fliplr": (0, 0.0, 1.0), "mosaic": (1, 0.0, 1.0),
     "mixup": (1, 0.0, 1.0), "copy_paste": (1, 0.0, 1.0)}
+# the anchor-free recipe's gains live on other scales (box 7.5, cls 0.5, dfl 1.5)
+ANCHOR_FREE_BOUNDS = {**BOUNDS, "box": (1, 1.0, 20.0), "cls": (1, 0.1, 4.0), "dfl": (1, 0.3, 6.0)}
 MUTATION_PROBABILITY, SIGMA = 0.8, 0.2
+
+
+def bounds_for(hyp: dict[str, float]) -> dict[str, tuple[float, float, float]]:
+    """(gain, low, high) per hyperparameter for this recipe: YOLOv5's, or the anchor-free one's (a `dfl` gain)."""
+    return ANCHOR_FREE_BOUNDS if "dfl" in hyp else BOUNDS
 
 
 def clamp(hyp: dict[str, float]) -> dict[str, float]:
     """Each hyp within its bounds, rounded to 5 digits."""
     out = dict(hyp)
-    for key, (_, low, high) in BOUNDS.items():
+    for key, (_, low, high) in bounds_for(hyp).items():
         if key in out:
             out[key] = round(min(max(out[key], low), high), 5)
     return out
@@ -67,7 +76,8 @@ def mutate(parent_hyp: dict[str, float], rng: np.random.Generator) -> dict[str, 
     """YOLOv5's mutation: factor (gain * [rand < 0.8] * N(0,1) * U(0,1) * 0.2 + 1) clipped to [0.3, 3]; redrawn
     until something changes; then clamped and rounded."""
     keys = list(parent_hyp)
-    gains = np.array([BOUNDS.get(k, (0, 0, 0))[0] for k in keys], dtype=float)
+    bounds = bounds_for(parent_hyp)
+    gains = np.array([bounds.get(k, (0, 0, 0))[0] for k in keys], dtype=float)
     factors = np.ones(len(keys))
     while (factors == 1).all():
         factors = (gains * (rng.random(len(keys)) < MUTATION_PROBABILITY) * rng.standard_normal(len(keys))
@@ -103,9 +113,10 @@ def read_ledger(path: Path) -> tuple[list[str], np.ndarray]:
     return header, np.array(rows, dtype=float).reshape(-1, len(header))
 
 
-def append_row(path: Path, hyp: dict[str, float], results: tuple[float, ...]) -> None:
+def append_row(path: Path, hyp: dict[str, float], results: tuple[float, ...],
+               result_keys: tuple[str, ...] = RESULT_KEYS) -> None:
     """One whole row in one write (header first if new), with the lock held; YOLOv5's fixed-width layout."""
-    keys = [*RESULT_KEYS, *hyp]
+    keys = [*result_keys, *hyp]
     text = "" if path.exists() else ",".join(f"{k:>20}" for k in keys) + "\n"
     text += ",".join(f"{v:>20.5g}" for v in [*results, *hyp.values()]) + "\n"
     if path.exists() and path.stat().st_size:
@@ -154,8 +165,9 @@ def update_claims(path: Path, add: str | None = None, remove: str | None = None)
     return len(claims)
 
 
-def train_candidate(config: TrainConfig, hyp: dict[str, float]) -> tuple[float, ...]:
-    """Train one candidate (validation and saving only at its last epoch); its 7 result columns."""
+def train_candidate(config: TrainConfig, hyp: dict[str, float]) -> dict[str, float]:
+    """Train one candidate (validation and saving only at its last epoch); its 7 result columns, by name (P, R,
+    mAP50, mAP50-95 and the validation losses, whose names are the model's)."""
     from .train import train
 
     with tempfile.TemporaryDirectory(prefix="yolo-accel-evolve-") as work:
@@ -164,7 +176,7 @@ def train_candidate(config: TrainConfig, hyp: dict[str, float]) -> tuple[float, 
         run = train(replace(config, hyp=str(hyp_file), project=work, name="candidate", noval=True, nosave=True,
                             noplots=True, resume=None, exist_ok=True, candidate=True))
         last = read_results(run / "results.csv")[-1]
-    return tuple(last[k] for k in RESULT_KEYS)
+    return dict(list(last.items())[4:11])  # after epoch and the three training losses
 
 
 def evolve_worker(config: TrainConfig, save_dir: Path, generations: int, seed: int | None = None,
@@ -172,7 +184,7 @@ def evolve_worker(config: TrainConfig, save_dir: Path, generations: int, seed: i
     """Run candidates until the ledger holds `generations` rows (counting every worker's)."""
     ledger = save_dir / "evolve.csv"
     base = load_hyp(config.hyp)
-    if config.noautoanchor:
+    if config.noautoanchor or "dfl" in base:  # anchor-free models have no anchors to evolve
         base.pop("anchors", None)
     else:
         base.setdefault("anchors", 3.0)
@@ -199,18 +211,36 @@ def evolve_worker(config: TrainConfig, save_dir: Path, generations: int, seed: i
                 update_claims(claims, remove=claim)
             raise
         with locked(ledger):
-            append_row(ledger, hyp, results)
+            append_row(ledger, hyp, tuple(results.values()), tuple(results))
             update_claims(claims, remove=claim)
             header, rows = read_ledger(ledger)
             best = write_best(save_dir, header, rows)
-        score = float(fitness(np.array(results)[None])[0])
+        score = float(fitness(np.array(list(results.values()))[None])[0])
         LOGGER.info(f"evolve: generation {len(rows)}/{generations} fitness {score:.4f}, best {fitness(rows)[best]:.4f} "
                     f"(generation {best}), {time.perf_counter() - start:.1f}s")
+
+
+def resolve_auto_optimizer(config: TrainConfig, save_dir: Path) -> TrainConfig:
+    """--optimizer auto, decided once for the whole evolution (train would otherwise replace every candidate's
+    lr0 and momentum with its choice, and they would evolve for nothing): the chosen optimizer, and a starting
+    hyp (SAVE_DIR/hyp_start.yaml) holding its lr0, momentum and warmup_bias_lr."""
+    data = load_data_config(config.data)
+    epochs = config.resolved().epochs
+    name, lr0, momentum = auto_optimizer(len(list_images(data, "train")), config.batch_size, epochs,
+                                         1 if config.single_cls else data.nc)
+    start = {**load_hyp(config.hyp), "lr0": lr0, "momentum": momentum, "warmup_bias_lr": 0.0}
+    path = save_dir / "hyp_start.yaml"
+    atomic_write(path, lambda tmp: tmp.write_text(yaml.safe_dump(start, sort_keys=False)))
+    LOGGER.info(f"evolve: optimizer auto chose {name}(lr={lr0:g}, momentum={momentum:g}) for every candidate")
+    return replace(config, optimizer=name, hyp=str(path))
 
 
 def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, project: str = "runs/evolve",
            name: str = "exp", resume: str | None = None, seed: int | None = None) -> Path:
     """`yolo-accel evolve`: one worker here, or `parallel` worker processes; returns the evolve folder."""
+    from .train import with_model_defaults
+
+    config = with_model_defaults(config)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("evolve trains one process per candidate, not one candidate over a process group: run it "
                           "without accelerate launch, with --parallel N (one worker per GPU)")
@@ -220,6 +250,8 @@ def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, proje
         existing = sorted(Path(project).glob(f"{name}*/evolve.csv"), key=lambda p: p.stat().st_mtime)
         save_dir = increment_path(Path(project) / name, mkdir=True) if not existing else existing[-1].parent
     save_dir.mkdir(parents=True, exist_ok=True)
+    if config.optimizer == "auto":
+        config = resolve_auto_optimizer(config, save_dir)
     atomic_write(save_dir / "opt.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False)))
     LOGGER.info(f"evolve: {generations} generations in {save_dir} with {parallel} worker(s)")
     if parallel <= 1:

@@ -91,7 +91,10 @@ def export(weights: str, *, include: tuple[str, ...] = FORMATS, imgsz: int = 640
         model, images = model.half(), images.half()
     model.model[-1].dynamic = dynamic
     reference = model(images)
-    metadata = {"stride": stride, "names": list(model.names), "imgsz": [size, size], "nc": model.nc}
+    anchor_free = bool(getattr(model, "anchor_free", False))
+    layout = f"xywh + {model.nc} class scores" if anchor_free else f"xywh + objectness + {model.nc} class scores"
+    metadata = {"stride": stride, "names": list(model.names), "imgsz": [size, size], "nc": model.nc,
+                "anchor_free": anchor_free, "output": f"(batch, boxes, {layout})"}
     base = Path(weights)
     written = []
     check = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)).to(target)
@@ -108,5 +111,5 @@ def export(weights: str, *, include: tuple[str, ...] = FORMATS, imgsz: int = 640
         shown = f"{difference:.2e}" if difference is not None else "n/a (onnxruntime not installed or fp16)"
         LOGGER.info(f"ONNX: saved {path} ({path.stat().st_size / 1e6:.1f} MB, opset {opset}), max |diff| {shown}")
         written.append(path)
-    LOGGER.info(f"Output shape {tuple(reference.shape)}: (batch, boxes, xywh + objectness + {model.nc} classes)")
+    LOGGER.info(f"Output shape {tuple(reference.shape)}: (batch, boxes, {layout}), boxes in input pixels")
     return written

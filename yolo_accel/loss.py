@@ -131,6 +131,8 @@ class DetectionLoss(nn.Module):
     Its tensors follow `.to(device)`, and are moved to the predictions' device at call time otherwise.
     """
 
+    loss_names = ("box_loss", "obj_loss", "cls_loss")
+
     def __init__(self, anchors: torch.Tensor, strides: Sequence[float] | torch.Tensor, nc: int, gains: LossHyp,
                  autobalance: bool = False):
         """anchors: (nl, na, 2) in grid units of each level; strides: (nl,) pixels per cell; gains: box, cls and obj

@@ -28,11 +28,13 @@ def non_max_suppression(
     max_det: int = 300,
     max_nms: int = MAX_NMS,
     time_limit: float | None = None,
+    objectness: bool = True,
 ) -> list[torch.Tensor]:
     """Filter decoded predictions to detections per image.
 
     Args:
-        prediction: (B, N, 5 + nc) decoded model output: [x, y, w, h] in pixels, objectness, class scores.
+        prediction: (B, N, 5 + nc) decoded model output: [x, y, w, h] in pixels, objectness, class scores; with
+            `objectness=False` (anchor-free YOLOv5u models) (B, N, 4 + nc), the class scores alone.
             A (output, train_output) pair from a model in eval mode is accepted too.
         conf_thres: candidates need objectness above it, and detections need obj * cls above it.
         iou_thres: IoU above which torchvision NMS suppresses a lower-scoring box of the same class.
@@ -58,8 +60,10 @@ def non_max_suppression(
     if device.type == "mps":  # torchvision NMS is not fully supported on MPS
         prediction = prediction.cpu()
     batch_size = prediction.shape[0]
-    num_classes = prediction.shape[2] - 5
-    candidates = prediction[..., 4] > conf_thres  # (B, N)
+    first = 5 if objectness else 4  # column of the first class score
+    num_classes = prediction.shape[2] - first
+    # candidates: objectness above the threshold, or (no objectness) some class score above it
+    candidates = (prediction[..., 4] if objectness else prediction[..., 4:].amax(-1)) > conf_thres  # (B, N)
     multi_label = multi_label and num_classes > 1
     if time_limit is None:
         time_limit = 0.5 + 0.05 * batch_size
@@ -71,24 +75,25 @@ def non_max_suppression(
 
         if labels and len(labels[image_index]):
             image_labels = labels[image_index]
-            prior = torch.zeros((len(image_labels), num_classes + 5), device=rows.device)
+            prior = torch.zeros((len(image_labels), num_classes + first), device=rows.device)
             prior[:, :4] = image_labels[:, 1:5]
             prior[:, 4] = 1.0
-            prior[range(len(image_labels)), image_labels[:, 0].long() + 5] = 1.0
+            prior[range(len(image_labels)), image_labels[:, 0].long() + first] = 1.0
             rows = torch.cat((rows, prior), 0)
 
         if not rows.shape[0]:
             continue
 
-        rows[:, 5:] *= rows[:, 4:5]  # conf = obj * cls
+        if objectness:
+            rows[:, 5:] *= rows[:, 4:5]  # conf = obj * cls
         boxes_xyxy = xywh_to_xyxy(rows[:, :4])
 
         if multi_label:
-            box_index, class_index = (rows[:, 5:] > conf_thres).nonzero(as_tuple=False).T
-            detections = torch.cat((boxes_xyxy[box_index], rows[box_index, 5 + class_index, None],
+            box_index, class_index = (rows[:, first:] > conf_thres).nonzero(as_tuple=False).T
+            detections = torch.cat((boxes_xyxy[box_index], rows[box_index, first + class_index, None],
                                     class_index[:, None].float()), 1)  # (n, 6)
         else:
-            conf, class_index = rows[:, 5:].max(1, keepdim=True)
+            conf, class_index = rows[:, first:].max(1, keepdim=True)
             detections = torch.cat((boxes_xyxy, conf, class_index.float()), 1)[conf.view(-1) > conf_thres]
 
         if classes is not None:

@@ -15,6 +15,13 @@ from .config import WarmupHyp
 NOMINAL_BATCH = 64  # YOLOv5 accumulates gradients up to this many images per optimizer step
 
 
+def auto_optimizer(images: int, batch_size: int, epochs: int, nc: int) -> tuple[str, float, float]:
+    """--optimizer auto, Ultralytics 8's rule: (name, lr0, momentum). Runs under 10k optimizer iterations (counted
+    at a batch of at least NOMINAL_BATCH) get AdamW with lr0 = 0.002 * 5 / (4 + nc), longer ones SGD with 0.01."""
+    iterations = math.ceil(images / max(batch_size, NOMINAL_BATCH)) * epochs
+    return ("SGD", 0.01, 0.9) if iterations > 10000 else ("AdamW", round(0.002 * 5 / (4 + nc), 6), 0.9)
+
+
 def accumulate_steps(batch_size: int) -> int:
     """Batches summed per optimizer step after warmup: max(round(64 / batch), 1)."""
     return max(round(NOMINAL_BATCH / batch_size), 1)

@@ -19,9 +19,9 @@ from .draw import class_colour
 from .metrics import ClassMetrics, smooth
 from .results import read_results
 
-# results.png panels in YOLOv5's order: train losses, P, R on top; val losses, mAPs below
-RESULT_PANELS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
-                 "val/box_loss", "val/obj_loss", "val/cls_loss", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95")
+# results.png panels in YOLOv5's order, by position in results.csv's columns (the loss names are the model's):
+# train losses, P, R on top; val losses, mAPs below
+RESULT_PANELS = (0, 1, 2, 3, 4, 7, 8, 9, 5, 6)
 MAX_CURVE_LEGEND = 20  # above this many classes the per-class lines are grey and unlabelled
 MAX_MATRIX_ANNOTATED = 30  # cell values are written when nc is below this
 MIN_TAG_CONF = 0.25  # predictions at or below this are not drawn in val_batch*_pred.jpg
@@ -69,8 +69,9 @@ def plot_results(results_csv: Path) -> Path:
     results_csv = Path(results_csv)
     rows = read_results(results_csv)
     epochs = np.array([row.get("epoch", i) for i, row in enumerate(rows)], dtype=float)
+    columns = [k for k in rows[0] if k != "epoch"] if rows else []
     fig, axes = _subplots(2, 5, figsize=(12, 6), tight_layout=True)
-    for ax, column in zip(axes.ravel(), RESULT_PANELS):
+    for ax, column in zip(axes.ravel(), (columns[i] for i in RESULT_PANELS if i < len(columns))):
         values = np.array([row.get(column, np.nan) for row in rows], dtype=float)
         ax.set_title(column, fontsize=12)
         if not np.isfinite(values).any():

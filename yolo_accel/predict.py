@@ -111,7 +111,7 @@ def predict(model: DetectionModel, paths: list[Path], *, imgsz: int = 640, conf_
         with torch.autocast(device.type, dtype=torch.float16, enabled=half and device.type == "cuda"):
             output = model(images)
         keep = non_max_suppression(output.float(), conf_thres, iou_thres, classes=classes, agnostic=agnostic,
-                                   max_det=max_det)
+                                   max_det=max_det, objectness=not model.anchor_free)
         for path, shape, (ratio, pad), det in zip(readable, originals, pads, keep):
             det = det.clone()
             scale_boxes(images.shape[2:], det[:, :4], shape, ((ratio[1], ratio[0]), pad))

@@ -8,16 +8,27 @@ from pathlib import Path
 
 from .files import atomic_write
 
-LOSS_COLUMNS = ("box_loss", "obj_loss", "cls_loss")
-# the 7 numbers of YOLOv5's validation results tuple: P, R, mAP50, mAP50-95 and the three validation losses
-METRIC_COLUMNS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
-                  *(f"val/{name}" for name in LOSS_COLUMNS))
-RESULT_COLUMNS = (*(f"train/{name}" for name in LOSS_COLUMNS), *METRIC_COLUMNS, "x/lr0", "x/lr1", "x/lr2")
+LOSS_COLUMNS = ("box_loss", "obj_loss", "cls_loss")  # YOLOv5's; anchor-free models: box_loss, cls_loss, dfl_loss
 
 
-def append_results(path: Path, epoch: int, values: list[float]) -> None:
-    """One row (values in RESULT_COLUMNS order); the header first if the file is new."""
-    header = "" if path.exists() else ",".join(f"{k:>20}" for k in ["epoch", *RESULT_COLUMNS]) + "\n"
+def metric_columns(loss_names: tuple[str, ...] = LOSS_COLUMNS) -> tuple[str, ...]:
+    """The 7 numbers of a validation result: P, R, mAP50, mAP50-95 and the three validation losses."""
+    return ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
+            *(f"val/{name}" for name in loss_names))
+
+
+def result_columns(loss_names: tuple[str, ...] = LOSS_COLUMNS) -> tuple[str, ...]:
+    """results.csv's columns after `epoch`: training losses, the validation result, the three learning rates."""
+    return (*(f"train/{name}" for name in loss_names), *metric_columns(loss_names), "x/lr0", "x/lr1", "x/lr2")
+
+
+METRIC_COLUMNS = metric_columns()
+RESULT_COLUMNS = result_columns()
+
+
+def append_results(path: Path, epoch: int, values: list[float], columns: tuple[str, ...] = RESULT_COLUMNS) -> None:
+    """One row (values in `columns` order); the header first if the file is new."""
+    header = "" if path.exists() else ",".join(f"{k:>20}" for k in ["epoch", *columns]) + "\n"
     row = ",".join(f"{v:>20.5g}" for v in [epoch, *values]) + "\n"
     with open(path, "a") as f:
         f.write(header + row)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from .callbacks import Callbacks
 from .checkpoint import WeightsError, check_state_dict, read_any_weights, save_weights, transfer_weights
-from .config import ConfigError, Hyp, TrainConfig, load_hyp, read_yaml
+from .config import ConfigError, Hyp, TrainConfig, check_hyp_for_model, load_hyp, read_yaml
 from .data.dataset import YoloDataset, check_labels, labels_to_class_weights, labels_to_image_weights
 from .data.labels import scan_labels
 from .data.loader import EpochSampler, build_dataloader
@@ -38,11 +38,12 @@ from .ema import ModelEMA
 from .engine import StepPlan, any_process, evaluate, format_results, new_accelerator, train_one_epoch
 from .files import FolderInUse, atomic_write, exclusive_use, increment_path
 from .loss import DetectionLoss, scale_loss_gains
+from .loss_anchor_free import AnchorFreeLoss
 from .metrics import fitness
 from .model.summary import summarize
-from .model.yolo import DetectionModel, build_model
-from .optim import Warmup, build_optimizer, lr_lambda, scaled_weight_decay
-from .results import METRIC_COLUMNS, RESULT_COLUMNS, append_results, drop_results_from
+from .model.yolo import DetectionModel, build_model, is_anchor_free, load_model_yaml
+from .optim import Warmup, auto_optimizer, build_optimizer, lr_lambda, scaled_weight_decay
+from .results import RESULT_COLUMNS, append_results, drop_results_from, result_columns
 from .state import (
     StateError,
     read_pending_grads,
@@ -169,6 +170,8 @@ class Run:
     nc: int
     names: list[str]
     trackers: list[str]
+    weights: tuple | None = None  # --weights read once: (state dict, model yaml, class names)
+    columns: tuple[str, ...] = RESULT_COLUMNS  # results.csv's, after `epoch` (the loss names are the model's)
     started: float = 0.0  # when the epochs began (time.time()), and at which epoch
     first_epoch: int = 0
     callbacks: Callbacks = field(default_factory=Callbacks)
@@ -247,6 +250,21 @@ def process_settings_kept() -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
+def trains_anchor_free(config: TrainConfig, weights: tuple | None = None) -> bool:
+    """Whether the model it trains is anchor-free (YOLOv5u): its yaml's, or --weights' (`weights`, as
+    read_any_weights gives them, if already read)."""
+    if config.model:
+        return is_anchor_free(load_model_yaml(config.model)[0])
+    if config.weights:
+        return is_anchor_free((weights or read_any_weights(config.weights))[1])
+    return False
+
+
+def with_model_defaults(config: TrainConfig, weights: tuple | None = None) -> TrainConfig:
+    """The recipe defaults for the model it trains (TrainConfig.for_model)."""
+    return config.for_model(trains_anchor_free(config, weights))
+
+
 def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
     """Resolve the options (a resumed run's own), choose the precision, form the process group, claim the run
     folder (held until training ends), seed every generator, read the hyperparameters and the dataset yaml."""
@@ -256,11 +274,18 @@ def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
         saved = TrainConfig.from_dict(read_yaml(folder / "opt.yaml"), str(folder / "opt.yaml"))
         extend = config.epochs is not None and config.epochs != saved.epochs
         config = replace(saved, resume=str(folder), epochs=config.epochs if extend else saved.epochs).resolved()
+        if (folder / "hyp.yaml").is_file():  # the run's own hyperparameters, as its optimizer was built with them
+            config = replace(config, hyp=str(folder / "hyp.yaml"))
         if extend:
             LOGGER.info(f"Resuming {folder} with --epochs {config.epochs} (was {saved.epochs}): the learning-rate "
                         f"schedule is re-planned over {config.epochs} epochs")
     else:
         config = config.resolved()
+    weights = read_any_weights(config.weights) if config.weights else None  # (state, model yaml, names)
+    anchor_free = trains_anchor_free(config, weights)
+    config = config.for_model(anchor_free)
+    hyp = Hyp.from_values(load_hyp(config.hyp))
+    unused = check_hyp_for_model(hyp.values, anchor_free, config.hyp)
     for variable, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
         if os.environ.get(variable, "").lower() in ("1", "true"):
             raise ConfigError(f"{what} is not supported: DDP is the multi-GPU mode for models this size (they fit "
@@ -298,18 +323,21 @@ def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
                                                                       logging_dir=str(save_dir)),
                                   dataloader_config=DataLoaderConfiguration(even_batches=True))
     set_seed(config.seed + 1 + accelerator.process_index, deterministic=True)
-    hyp = Hyp.from_values(load_hyp(config.hyp))
     if accelerator.is_main_process:
         LOGGER.info("hyperparameters: " + ", ".join(f"{k}={v:g}" for k, v in hyp.values.items()))
+        if unused:
+            LOGGER.info(f"hyperparameters: {', '.join(unused)} do not apply to anchor-free models (unused)")
+        if anchor_free and config.label_smoothing:
+            LOGGER.warning("--label-smoothing does not apply to anchor-free models (their class loss has none)")
     data = load_data_config(config.data)
     nc, names = (1, ["item"]) if config.single_cls else (data.nc, data.names)
-    return Run(config, resuming, accelerator, RunPaths(save_dir), hyp, data, nc, names, trackers)
+    return Run(config, resuming, accelerator, RunPaths(save_dir), hyp, data, nc, names, trackers, weights)
 
 
 def build_training_model(run: Run) -> DetectionModel:
     """The model from its yaml, or from --weights' (their matching tensors transferred), with --freeze applied."""
     config, accelerator = run.config, run.accelerator
-    weights_state, weights_yaml, _ = read_any_weights(config.weights) if config.weights else ({}, None, None)
+    weights_state, weights_yaml, _ = run.weights or ({}, None, None)
     anchors = round(run.hyp.anchors) if run.hyp.anchors else None  # an anchor count per level (evolve)
     model = build_model(config.model or weights_yaml, nc=run.nc, anchors=anchors)
     if weights_state and not run.resuming:
@@ -375,7 +403,7 @@ def build_data(run: Run, model: DetectionModel) -> Data:
 def fit_anchors(run: Run, model: DetectionModel, data: Data) -> None:
     """AutoAnchor on a new run (the main process decides, every process takes its anchors), then YOLOv5's
     rounding of the initial weights to fp16 precision."""
-    if run.resuming:
+    if run.resuming or model.anchor_free:  # anchor-free models have no anchors to fit
         return
     if not run.config.noautoanchor:
         from .anchors import check_anchors
@@ -392,8 +420,15 @@ def build_training_state(run: Run, model: DetectionModel, data: Data) -> tuple[T
     config, hyp, accelerator = run.config, run.hyp, run.accelerator
     python_rng = random.Random(config.seed)
     gains = replace(hyp.loss, label_smoothing=config.label_smoothing)
-    criterion = DetectionLoss.from_detect(model.model[-1], scale_loss_gains(gains, model.model[-1].nl, run.nc,
-                                                                            data.imgsz)).to(accelerator.device)
+    if model.anchor_free:
+        criterion = AnchorFreeLoss.from_detect(model.model[-1], gains).to(accelerator.device)
+    else:
+        gains = scale_loss_gains(gains, model.model[-1].nl, run.nc, data.imgsz)
+        criterion = DetectionLoss.from_detect(model.model[-1], gains).to(accelerator.device)
+    run.columns = result_columns(criterion.loss_names)
+    if config.optimizer == "auto":
+        choose_optimizer(run, len(data.train_set), data.batch_size)
+        config, hyp = run.config, run.hyp
     weight_decay = scaled_weight_decay(hyp.optimizer.weight_decay, data.batch_size)
     optimizer = build_optimizer(model, config.optimizer, hyp.optimizer.lr0, hyp.optimizer.momentum, weight_decay)
     if accelerator.is_main_process:
@@ -415,6 +450,21 @@ def build_training_state(run: Run, model: DetectionModel, data: Data) -> tuple[T
     plan = StepPlan(accelerator, criterion, warmup, lr_factor, 4.0 if config.quad else 1.0,
                     data.imgsz, data.grid_stride, config.multi_scale, batches_per_epoch)
     return training, plan
+
+
+def choose_optimizer(run: Run, images: int, batch_size: int) -> None:
+    """--optimizer auto (the YOLOv5u recipe's default; optim.auto_optimizer): AdamW or SGD with its lr0 and
+    momentum 0.9, the bias warmup from 0. The choice goes into the run's opt.yaml and hyp.yaml, so a resume keeps
+    it."""
+    name, lr0, momentum = auto_optimizer(images, batch_size, run.config.epochs, run.nc)
+    hyp = run.hyp
+    run.hyp = replace(hyp, optimizer=replace(hyp.optimizer, lr0=lr0, momentum=momentum),
+                      warmup=replace(hyp.warmup, warmup_bias_lr=0.0),
+                      values={**hyp.values, "lr0": lr0, "momentum": momentum, "warmup_bias_lr": 0.0})
+    run.config = replace(run.config, optimizer=name)
+    if run.accelerator.is_main_process:
+        LOGGER.info(f"optimizer: auto chose {name}(lr={lr0:g}, momentum={momentum:g}) for {images} images, "
+                    f"{run.config.epochs} epochs (lr0, momentum and warmup_bias_lr of the hyp file replaced)")
 
 
 def restore(run: Run, training: TrainingState, plan: StepPlan) -> None:
@@ -441,7 +491,8 @@ def restore(run: Run, training: TrainingState, plan: StepPlan) -> None:
         for group in training.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * plan.lr_factor(training.loop.epoch)
         training.planned_epochs = config.epochs
-    plan.criterion.set_anchors(training.unwrapped.model[-1].anchors)  # AutoAnchor's, as saved
+    if not training.unwrapped.anchor_free:
+        plan.criterion.set_anchors(training.unwrapped.model[-1].anchors)  # AutoAnchor's, as saved
     if training.loop.epoch >= config.epochs:
         raise ConfigError(f"{run.paths.save_dir} finished its {config.epochs} epochs; pass --epochs N (more) to "
                           f"extend it")
@@ -491,21 +542,21 @@ def end_epoch(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> 
         results, training.maps = result.results(), result.metrics.class_maps
         if accelerator.is_main_process:
             LOGGER.info("\n".join(format_results(result, run.names)))
-        notify(run, training, "on_val_end", metrics=dict(zip(METRIC_COLUMNS, results)))
+        notify(run, training, "on_val_end", metrics=dict(zip(run.columns[3:10], results)))
     stop = training.stopper(epoch, float(fitness(np.array(results).reshape(1, -1))[0]))
     values = [*loop.mean_loss, *results, *lrs]
     failure = None
     if accelerator.is_main_process:
         try:
-            append_results(run.paths.results, epoch, values)
+            append_results(run.paths.results, epoch, values, run.columns)
             if not config.nosave or final_epoch:
                 saved = save_epoch_weights(run, training, epoch)
                 notify(run, training, "on_model_save", weights=saved)
         except OSError as err:  # every process stops on it, below
             failure = save_failure(run.paths.weights, err).replace("training state", "weights")
-        stop = notify(run, training, "on_fit_epoch_end", metrics=dict(zip(RESULT_COLUMNS, values))) or stop
+        stop = notify(run, training, "on_fit_epoch_end", metrics=dict(zip(run.columns, values))) or stop
     if run.trackers:
-        accelerator.log(dict(zip(RESULT_COLUMNS, values)), step=epoch)
+        accelerator.log(dict(zip(run.columns, values)), step=epoch)
         if epoch == run.first_epoch == 0 and run.plots:  # the first training mosaics, as YOLOv5's loggers
             log_images(accelerator, [run.paths.save_dir / f"train_batch{i}.jpg" for i in range(3)], step=epoch)
     loop.epoch, loop.batch, loop.mean_loss = epoch + 1, 0, [0.0, 0.0, 0.0]
@@ -587,7 +638,7 @@ def finish(run: Run, training: TrainingState, data: Data, plan: StepPlan, interr
             result = validate_best(best, accelerator, data.val_loader, data.val_indices, nc=run.nc, names=run.names,
                                    criterion=plan.criterion, single_cls=run.config.single_cls,
                                    plots_dir=paths.save_dir if run.plots else None)
-            metrics = dict(zip(METRIC_COLUMNS, result.results()))
+            metrics = dict(zip(run.columns[3:10], result.results()))
         notify(run, training, "on_train_end", metrics=metrics)
     if run.trackers:
         if run.plots and not interrupted:

@@ -164,12 +164,13 @@ def make_anchor_points(sizes: list, strides: list[float], dtype: torch.dtype, de
                        offset: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Cell centres of every level, (N, 2) in each level's grid units (x, y), and their strides (N, 1)."""
     points, stride_rows = [], []
-    for (h, w), s in zip(sizes, strides):
-        ys = torch.arange(int(h), device=device, dtype=dtype) + offset
-        xs = torch.arange(int(w), device=device, dtype=dtype) + offset
+    for (h, w), s in zip(sizes, strides):  # sizes as the maps' shapes give them (symbolic in a dynamic export)
+        ys = torch.arange(h, device=device, dtype=dtype) + offset
+        xs = torch.arange(w, device=device, dtype=dtype) + offset
         yv, xv = torch.meshgrid(ys, xs, indexing="ij")
-        points.append(torch.stack((xv, yv), -1).view(-1, 2))
-        stride_rows.append(torch.full((int(h) * int(w), 1), float(s), device=device, dtype=dtype))
+        level = torch.stack((xv, yv), -1).view(-1, 2)
+        points.append(level)
+        stride_rows.append(torch.full_like(level[:, :1], float(s)))
     return torch.cat(points), torch.cat(stride_rows)
 
 
