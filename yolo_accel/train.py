@@ -350,6 +350,8 @@ def build_training_model(run: Run) -> DetectionModel:
         LOGGER.info(str(summarize(model)))
     freeze = [f"model.{x}." for x in (config.freeze if len(config.freeze) > 1 else range(config.freeze[0]))]
     for key, param in model.named_parameters():
+        if not param.requires_grad:  # fixed by the model itself (the DFL integral): never trained, not in DDP
+            continue
         param.requires_grad_(not any(f in key for f in freeze))
         if not param.requires_grad and accelerator.is_main_process:
             LOGGER.info(f"freezing {key}")
