@@ -1,0 +1,132 @@
+"""Accuracy: YOLOv5n and YOLOv5nu trained by yolo-accel, beside YOLOv5nu trained by Ultralytics 8, same data.
+
+    python benchmarks/accuracy.py --data demo --img 128 --epochs 50 --out /tmp/acc-demo \\
+        --ultralytics-python UL/bin/python
+    python benchmarks/accuracy.py --data /tmp/clutter/data.yaml --img 256 --epochs 40 --out /tmp/acc-clutter ...
+
+Every run trains from scratch (the model yaml, no weights) with the same epochs, batch size, image size and
+seeds; each trainer uses its own defaults otherwise (yolo-accel: the v7.0 recipe for yolov5n, the anchor-free
+recipe for yolov5nu; Ultralytics: its `yolo train` defaults). Runs alternate by seed. Every best weights file is
+then scored by the same evaluator, `yolo-accel val` (Ultralytics' best.pt through `yolo-accel convert`), and
+Ultralytics' own best mAP50-95 from its results.csv is reported beside it. Each finished run is appended to
+OUT/runs.jsonl, so an interrupted benchmark continues where it stopped. `UL` is a scratch environment with
+`pip install ultralytics`; it is run as a separate program and never imported here. The last stdout line is
+one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ULTRALYTICS_TRAIN = """
+import sys
+from ultralytics import YOLO
+data, epochs, imgsz, batch, seed, workers, project, name = sys.argv[1:]
+YOLO("yolov5nu.yaml").train(data=data, epochs=int(epochs), imgsz=int(imgsz), batch=int(batch), seed=int(seed),
+                            workers=int(workers), device="cpu", project=project, name=name, exist_ok=True,
+                            plots=False)
+"""
+TRAINERS = ("yolo-accel yolov5n", "yolo-accel yolov5nu", "ultralytics yolov5nu")
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="demo")
+    parser.add_argument("--img", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, required=True, help="run folders and runs.jsonl")
+    parser.add_argument("--ultralytics-python", help="python of an environment with ultralytics installed")
+    return parser.parse_args()
+
+
+def data_yaml(data: str) -> str:
+    if data == "demo":
+        from yolo_accel.data.demo import demo_dataset
+
+        return str(demo_dataset())
+    return str(Path(data).resolve())
+
+
+def train(trainer: str, args: argparse.Namespace, data: str, seed: int) -> Path:
+    """Train one model; return its best weights (safetensors)."""
+    name = f"{trainer.replace(' ', '-')}-seed{seed}"
+    folder = args.out / name
+    if trainer.startswith("yolo-accel"):
+        cli = Path(sys.executable).parent / "yolo-accel"
+        subprocess.run([str(cli), "train", "--data", data, "--cfg", f"{trainer.split()[1]}.yaml", "--epochs",
+                        str(args.epochs), "--img", str(args.img), "--batch-size", str(args.batch_size), "--workers",
+                        str(args.workers), "--seed", str(seed), "--project", str(args.out), "--name", name,
+                        "--exist-ok"], check=True, stdout=subprocess.DEVNULL)
+        return folder / "weights" / "best.safetensors"
+    if not args.ultralytics_python:
+        raise SystemExit("--ultralytics-python is needed for the Ultralytics runs")
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    subprocess.run([args.ultralytics_python, "-c", ULTRALYTICS_TRAIN, data, str(args.epochs), str(args.img),
+                    str(args.batch_size), str(seed), str(args.workers), str(args.out.resolve()), name], check=True,
+                   env=env, stdout=subprocess.DEVNULL, cwd=args.out)
+    converted = folder / "weights" / "best.safetensors"
+    cli = Path(sys.executable).parent / "yolo-accel"
+    subprocess.run([str(cli), "convert", str(folder / "weights" / "best.pt"), str(converted)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return converted
+
+
+def ultralytics_own_best(folder: Path) -> float:
+    """The best mAP50-95 that Ultralytics' own validation reported during training."""
+    with open(folder / "results.csv", newline="") as f:
+        return max(float(row["metrics/mAP50-95(B)"]) for row in csv.DictReader(f))
+
+
+def score(weights: Path, args: argparse.Namespace, data: str) -> dict:
+    from yolo_accel.val import validate
+
+    _, (result,) = validate(data, [str(weights)], imgsz=args.img, batch_size=32, workers=args.workers,
+                            project=str(args.out / "val"), exist_ok=True)
+    return {"mAP50": round(result.metrics.map50, 4), "mAP50-95": round(result.metrics.map50_95, 4)}
+
+
+def main() -> None:
+    args = parse()
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = data_yaml(args.data)
+    ledger = args.out / "runs.jsonl"
+    done = [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.is_file() else []
+    for seed in args.seeds:
+        for trainer in TRAINERS:
+            if any(r["trainer"] == trainer and r["seed"] == seed for r in done):
+                continue
+            start = time.perf_counter()
+            weights = train(trainer, args, data, seed)
+            row = {"trainer": trainer, "seed": seed, "train_minutes": round((time.perf_counter() - start) / 60, 1),
+                   **score(weights, args, data)}
+            if trainer.startswith("ultralytics"):
+                row["own_val_mAP50-95"] = round(ultralytics_own_best(weights.parent.parent), 4)
+            print(json.dumps(row), file=sys.stderr)
+            with open(ledger, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            done.append(row)
+    summary = {"data": args.data, "img": args.img, "epochs": args.epochs, "batch_size": args.batch_size}
+    for trainer in TRAINERS:
+        rows = [r for r in done if r["trainer"] == trainer and r["seed"] in args.seeds]
+        if rows:
+            summary[trainer] = {key: [r[key] for r in rows] for key in ("mAP50", "mAP50-95")}
+            summary[trainer]["mean mAP50-95"] = round(statistics.mean(r["mAP50-95"] for r in rows), 4)
+    v5, v5u = summary.get(TRAINERS[0]), summary.get(TRAINERS[1])
+    if v5 and v5u:
+        summary["v5u / v5 (mAP50-95)"] = round(v5u["mean mAP50-95"] / v5["mean mAP50-95"], 2)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
