@@ -24,7 +24,8 @@ def assert_outputs_match(model: torch.nn.Module, expected: dict[str, torch.Tenso
     another CPU), and any real difference of architecture or weights shows up as whole pixels.
 
     Train-mode maps normalise with the batch's own statistics, which amplify those rounding differences (the more
-    so the smaller the maps); they are compared in relative L2 norm (1e-3; seen up to 5e-5), and for P6 models,
+    so the deeper the model and the smaller the maps); they are compared in relative L2 norm (1e-2; seen up to 3e-3
+    for yolov5x, where a wrong weight or layer gives about 1), and for P6 models,
     whose 64-px test images give 1x1 maps at stride 64 (batch variance of a handful of values: seen 0.3 between
     CPUs), by shape alone. Eval mode, the same weights and head with fixed statistics, is compared elementwise."""
     images = expected["images"]
@@ -34,7 +35,7 @@ def assert_outputs_match(model: torch.nn.Module, expected: dict[str, torch.Tenso
             reference = expected[f"train.{i}"]
             assert level.shape == reference.shape
             if len(train_maps) < 4:
-                assert float((level - reference).norm() / reference.norm()) < 1e-3, i
+                assert float((level - reference).norm() / reference.norm()) < 1e-2, i
         assert f"train.{len(train_maps)}" not in expected
         model.eval()
         torch.testing.assert_close(model(images[:1]), expected["eval"], atol=atol, rtol=1e-4)
