@@ -187,24 +187,14 @@ def test_a_u_model_trains_with_its_own_recipe_and_serves_val_detect_and_export(t
 
 
 def test_a_u_model_stopped_mid_epoch_resumes_to_the_same_weights(tiny_data, tmp_path, monkeypatch):
-    from test_train import final_weights, latest_state, max_difference
+    from test_train import final_weights, latest_state, max_difference, train_stopped_in_epoch_1
 
-    from yolo_accel import train as train_module
     from yolo_accel.config import TrainConfig
-    from yolo_accel.train import TrainingInterrupted, train
+    from yolo_accel.train import train
 
     train(u_config(tiny_data, tmp_path / "a", noval=True, close_mosaic=1))
-    original = train_module.train_one_epoch
-
-    def stop_mid_epoch_1(plan, training, loader, epochs, stop_requested, **kwargs):
-        if training.loop.epoch == 1:
-            stop_requested = lambda: training.loop.batch >= 1  # noqa: E731
-        return original(plan, training, loader, epochs, stop_requested, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", stop_mid_epoch_1)
-    with pytest.raises(TrainingInterrupted):
-        train(u_config(tiny_data, tmp_path / "b", noval=True, close_mosaic=1))
-    monkeypatch.undo()
+    train_stopped_in_epoch_1(u_config(tiny_data, tmp_path / "b", noval=True, close_mosaic=1), after_batches=1,
+                             monkeypatch=monkeypatch)
     run = tmp_path / "b" / "exp"
     assert json.loads((latest_state(run) / "trainer.json").read_text())["loop"]["batch"] == 1
     train(TrainConfig(resume=str(run)))

@@ -114,20 +114,26 @@ def test_transfer_learning_reports_matched_items(tiny_data, tmp_path, caplog):
     assert f"Transferred {total - 7}/{total} items from {weights}" in caplog.text
 
 
+def train_stopped_in_epoch_1(config: TrainConfig, after_batches: int, monkeypatch) -> None:
+    """Train `config` with a stop request once epoch 1 has run `after_batches` batches (the state is saved)."""
+    original = train_module.train_one_epoch
+
+    def stop_in_epoch_1(plan, training, loader, epochs, stop_requested, **kwargs):
+        if training.loop.epoch == 1:
+            stop_requested = lambda: training.loop.batch >= after_batches  # noqa: E731
+        return original(plan, training, loader, epochs, stop_requested, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", stop_in_epoch_1)
+    with pytest.raises(TrainingInterrupted):
+        train(config)
+    monkeypatch.undo()
+
+
 def test_stopped_mid_epoch_then_resumed_equals_straight_in_process(tiny_data, tmp_path, monkeypatch):
     """Train 2 epochs == train into epoch 1, stop after its second batch (state saved), resume, finish."""
     train(tiny_config(tiny_data, tmp_path / "a", noval=True))
-    original = train_module.train_one_epoch
-
-    def stop_mid_epoch_1(plan, training, loader, epochs, stop_requested, **kwargs):
-        if training.loop.epoch == 1:
-            stop_requested = lambda: training.loop.batch >= 2  # noqa: E731
-        return original(plan, training, loader, epochs, stop_requested, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", stop_mid_epoch_1)
-    with pytest.raises(TrainingInterrupted):
-        train(tiny_config(tiny_data, tmp_path / "b", noval=True))
-    monkeypatch.undo()
+    train_stopped_in_epoch_1(tiny_config(tiny_data, tmp_path / "b", noval=True), after_batches=2,
+                             monkeypatch=monkeypatch)
     run = tmp_path / "b" / "exp"
     loop = json.loads((latest_state(run) / "trainer.json").read_text())["loop"]
     assert (loop["epoch"], loop["batch"]) == (1, 2)
