@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
+from types import FrameType
 from typing import NamedTuple
 
 import cv2
@@ -76,8 +78,30 @@ def collate(samples: list) -> Batch:
 
 
 def init_worker(worker_id: int) -> None:
-    """One OpenCV thread per worker process (the workers are the parallelism), as YOLOv5 runs its loaders."""
+    """One OpenCV thread per worker process (the workers are the parallelism), as YOLOv5 runs its loaders.
+
+    A stop signal sent to the whole process group (Ctrl-C, `timeout`, a scheduler's SIGTERM) is the main process's
+    to act on: it finishes the batch, saves, then closes its workers. A worker killed by it instead would make the
+    main process fail mid-batch ("DataLoader worker ... killed by signal") without saving, so workers ignore
+    SIGINT and outlive SIGTERM until their loader is closing.
+    """
     cv2.setNumThreads(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, outlive_sigterm)
+
+
+def outlive_sigterm(signum: int, frame: FrameType | None) -> None:
+    """A worker's SIGTERM handler: ignored while its DataLoader runs; default (exit) once the loader is closing
+    (DataLoader terminates a worker that is slow to leave) or outside a DataLoader worker loop."""
+    while frame is not None:
+        if frame.f_code.co_name == "_worker_loop":  # torch.utils.data._utils.worker
+            closing = frame.f_locals.get("done_event")
+            if closing is not None and not closing.is_set():
+                return
+            break
+        frame = frame.f_back
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def build_dataloader(dataset: YoloDataset, batch_size: int, workers: int = 8, shuffle: bool = False,
