@@ -46,6 +46,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trainers", nargs="+", choices=TRAINERS, default=list(TRAINERS),
+                        help="which runs to make (all three by default)")
     parser.add_argument("--out", type=Path, required=True, help="run folders and runs.jsonl")
     parser.add_argument("--ultralytics-python", help="python of an environment with ultralytics installed")
     return parser.parse_args()
@@ -104,7 +106,7 @@ def main() -> None:
     ledger = args.out / "runs.jsonl"
     done = [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.is_file() else []
     for seed in args.seeds:
-        for trainer in TRAINERS:
+        for trainer in args.trainers:
             if any(r["trainer"] == trainer and r["seed"] == seed for r in done):
                 continue
             start = time.perf_counter()

@@ -2,7 +2,7 @@
 
     python benchmarks/make_dataset.py --out /tmp/coco-like --kind coco --images 200 --val-images 50
     python benchmarks/make_dataset.py --out /tmp/phone --kind phone --images 64 --val-images 16
-    python benchmarks/make_dataset.py --out /tmp/clutter --kind clutter --images 400 --val-images 100
+    python benchmarks/make_dataset.py --out /tmp/clutter --kind clutter --images 400 --val-images 100 --min-size 0.12
 
 `coco`: COCO's common sizes (640x480, 480x640, 500x375, 427x640, 640x427), ~100-150 KB each (COCO's: ~160 KB).
 `phone`: 4032x3024 (landscape and portrait), ~4-5 MB each, as a phone camera writes them.
@@ -10,9 +10,9 @@ Each image is a smooth random backdrop with striped objects, detail at 1-32 px s
 4:2:0 at quality 90, so its entropy (and so its decode time) is close to a real photo's; the objects' boxes
 are the labels (80 classes).
 `clutter`: 320x240, 240x320 and 320x320 scenes for accuracy benchmarks: 8 learnable classes told apart by shape
-alone (disc, box, triangle, cross, star, ring, hexagon, arrow; any colour, texture, rotation and a 12:1 size range,
-overlapping), among unlabelled distractors (lines, text, irregular blobs) on the same photo-like backdrop, with
-lighting, blur and JPEG quality varying per image.
+alone (disc, box, triangle, cross, star, ring, hexagon, arrow; any colour, texture, rotation, sizes from
+`--min-size` to half the image's shorter side, overlapping), among unlabelled distractors (lines, text, irregular
+blobs) on the same photo-like backdrop, with lighting, blur and JPEG quality varying per image.
 Writes OUT/images/{train,val}, OUT/labels/{train,val} and OUT/data.yaml.
 """
 
@@ -114,8 +114,10 @@ def paint(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> None
     image[:] = image * (1 - alpha) + fill * alpha
 
 
-def scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, list[list[float]]]:
-    """A cluttered BGR scene and its labels [class, x, y, w, h] (normalised): shapes of SHAPES among distractors."""
+def scene(rng: np.random.Generator, width: int, height: int,
+          min_size: float = 0.04) -> tuple[np.ndarray, list[list[float]]]:
+    """A cluttered BGR scene and its labels [class, x, y, w, h] (normalised): shapes of SHAPES among distractors,
+    sized log-uniformly from `min_size` to 0.5 of the shorter side."""
     image = backdrop(rng, width, height).astype(np.float32)
     labels = []
     side = min(width, height)
@@ -135,7 +137,7 @@ def scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray
                             cv2.LINE_AA)
             paint(rng, image, mask)
             continue
-        size = side * float(np.exp(rng.uniform(np.log(0.04), np.log(0.5))))
+        size = side * float(np.exp(rng.uniform(np.log(min_size), np.log(0.5))))
         angle = rng.uniform(0, 2 * np.pi)
         rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         centre = rng.uniform((0, 0), (width, height))
@@ -165,6 +167,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--images", type=int, default=200, help="training images")
     parser.add_argument("--val-images", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-size", type=float, default=0.04,
+                        help="clutter: smallest shape as a fraction of the shorter side (the largest is 0.5)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     for split, count in (("train", args.images), ("val", args.val_images)):
@@ -173,7 +177,10 @@ def main(argv: list[str] | None = None) -> Path:
         labels.mkdir(parents=True, exist_ok=True)
         for i in range(count):
             width, height = SIZES[args.kind][i % len(SIZES[args.kind])]
-            image, rows = (scene if args.kind == "clutter" else photo)(rng, width, height)
+            if args.kind == "clutter":
+                image, rows = scene(rng, width, height, args.min_size)
+            else:
+                image, rows = photo(rng, width, height)
             quality = int(rng.integers(70, 96)) if args.kind == "clutter" else 90
             cv2.imwrite(str(images / f"{i:06d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, quality])
             rows = "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in rows)
