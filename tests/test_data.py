@@ -5,6 +5,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import multiprocessing
+import os
+import signal
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -21,7 +25,7 @@ from yolo_accel.data.batch_augment import apply_hsv_batch
 from yolo_accel.data.dataset import YoloDataset, check_labels
 from yolo_accel.data.images import read_image, reduction_for
 from yolo_accel.data.labels import scan_labels
-from yolo_accel.data.loader import build_dataloader
+from yolo_accel.data.loader import build_dataloader, outlive_sigterm
 from yolo_accel.data.sources import DataError, label_path, list_images, load_data_config
 
 HYP_VALUES = yaml.safe_load((ROOT / "configs/hyps/hyp.scratch-low.yaml").read_text())
@@ -429,6 +433,38 @@ def test_workers_kept_across_epochs_follow_set_epoch(dataset_root):
         for (a, at), (b, bt) in zip(kept[epoch], single[epoch], strict=True):
             assert torch.equal(a, b) and torch.equal(at, bt)
     assert not torch.equal(kept[0][0][0], kept[1][0][0])
+
+
+def test_workers_outlive_stop_signals_sent_to_the_process_group(dataset_root):
+    """Ctrl-C or `timeout`'s SIGTERM reach the loader workers too: they keep serving the epoch (the main process
+    finishes its batch and saves before it closes them), then leave when the loader closes."""
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", names=["a"]))
+    dataset = YoloDataset(scan_labels(list_images(cfg, "train")), imgsz=64, augment=True, hyp=HYP, seed=3)
+    loader = build_dataloader(dataset, batch_size=2, workers=2, shuffle=True, seed=3)
+    assert len(list(loader)) == len(loader)  # both workers started
+    workers = multiprocessing.active_children()
+    assert len(workers) == 2
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGINT)
+        os.kill(worker.pid, signal.SIGTERM)
+    loader.batch_sampler.sampler.set_epoch(1)
+    assert len(list(loader)) == len(loader) and all(w.is_alive() for w in workers)
+    del loader
+    for worker in workers:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+
+
+def test_sigterm_outside_a_loader_worker_loop_still_ends_the_process():
+    def victim():
+        signal.signal(signal.SIGTERM, outlive_sigterm)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+
+    process = multiprocessing.get_context("fork").Process(target=victim)
+    process.start()
+    process.join(timeout=30)
+    assert process.exitcode == -signal.SIGTERM
 
 
 def test_ram_and_disk_caches_give_the_same_images(dataset_root, tmp_path, monkeypatch):

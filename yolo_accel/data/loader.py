@@ -91,14 +91,16 @@ def init_worker(worker_id: int) -> None:
 
 
 def outlive_sigterm(signum: int, frame: FrameType | None) -> None:
-    """A worker's SIGTERM handler: ignored while its DataLoader runs; default (exit) once the loader is closing
-    (DataLoader terminates a worker that is slow to leave) or outside a DataLoader worker loop."""
+    """A worker's SIGTERM handler: ignored while its DataLoader runs; a clean exit once the loader is closing (it
+    may have come from the group signal but run late, or from DataLoader terminating a worker slow to leave; an
+    exit by the signal would be reported by the main process as a killed worker); the default outside a DataLoader
+    worker loop."""
     while frame is not None:
         if frame.f_code.co_name == "_worker_loop":  # torch.utils.data._utils.worker
             closing = frame.f_locals.get("done_event")
             if closing is not None and not closing.is_set():
                 return
-            break
+            os._exit(0)
         frame = frame.f_back
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
