@@ -58,8 +58,8 @@ def free_port() -> int:
 @pytest.mark.parametrize("cfg", [REFERENCE / "tiny.yaml", FIXTURES / "anchor_free" / "tiny_u.yaml"],
                          ids=["yolov5", "yolov5u"])
 def test_two_processes_match_one_process_with_the_same_global_batch(data, tmp_path, cfg):
-    # mosaics draw partners from each process's own part of the batch, so the two runs would see other mosaics;
-    # without mosaic every sample is the same in both
+    # every sample is a function of (seed, epoch, index), so both runs see the same batches; mosaic is off as
+    # when the bound below was set
     no_mosaic = ["--close-mosaic", "2"]
     single = run([sys.executable, *train_args(data, tmp_path / "one", cfg), *no_mosaic])
     double = run([*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
