@@ -2,8 +2,8 @@
 
     python benchmarks/accuracy.py --data demo --img 128 --epochs 50 --out /tmp/acc-demo \\
         --ultralytics-python UL/bin/python
-    python benchmarks/make_dataset.py --out /tmp/clutter --kind clutter --images 300 --val-images 100
-    python benchmarks/accuracy.py --data /tmp/clutter/data.yaml --img 160 --epochs 30 --out /tmp/acc-clutter ...
+    python benchmarks/make_dataset.py --out /tmp/clutter --kind clutter --images 400 --val-images 100 --min-size 0.12
+    python benchmarks/accuracy.py --data /tmp/clutter/data.yaml --img 128 --epochs 50 --out /tmp/acc-clutter ...
 
 Every run trains from scratch (the model yaml, no weights) with the same epochs, batch size, image size and
 seeds; each trainer uses its own defaults otherwise (yolo-accel: the v7.0 recipe for yolov5n, the anchor-free
