@@ -1,0 +1,181 @@
+"""Loader: whole batches built by workers, the same for any worker count, and workers under stop signals."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from test_data import HYP, make_split, write_image, write_yaml
+
+from yolo_accel.data.batch_augment import apply_hsv_batch
+from yolo_accel.data.dataset import YoloDataset
+from yolo_accel.data.labels import scan_labels
+from yolo_accel.data.loader import build_dataloader, outlive_sigterm
+from yolo_accel.data.sources import list_images, load_data_config
+
+
+@pytest.fixture
+def dataset_root(tmp_path):
+    root = tmp_path / "ds"
+    make_split(root, "train")
+    return root
+
+
+def test_same_seed_same_batches_across_workers(dataset_root):
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", names=["a"]))
+    index = scan_labels(list_images(cfg, "train"))
+
+    def first_batch(seed, workers, epoch=0):
+        dataset = YoloDataset(index, imgsz=64, augment=True, hyp=HYP, seed=seed)
+        loader = build_dataloader(dataset, batch_size=2, workers=workers, shuffle=True, seed=seed)
+        loader.batch_sampler.sampler.set_epoch(epoch)
+        return next(iter(loader))
+
+    a, b, c = first_batch(1, 0), first_batch(1, 2), first_batch(2, 0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    assert not torch.equal(a[0], c[0])
+    assert not torch.equal(a[0], first_batch(1, 0, epoch=1)[0])
+
+
+def test_workers_kept_across_epochs_follow_set_epoch(dataset_root):
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", names=["a"]))
+    dataset = YoloDataset(scan_labels(list_images(cfg, "train")), imgsz=64, augment=True, hyp=HYP, seed=3)
+
+    def epochs(workers):
+        loader = build_dataloader(dataset, batch_size=2, workers=workers, shuffle=True, seed=3)
+        out = []
+        for epoch in range(2):
+            loader.batch_sampler.sampler.set_epoch(epoch)
+            out.append([(batch.images, batch.targets) for batch in loader])
+        return out
+
+    kept, single = epochs(2), epochs(0)
+    for epoch in range(2):
+        for (a, at), (b, bt) in zip(kept[epoch], single[epoch], strict=True):
+            assert torch.equal(a, b) and torch.equal(at, bt)
+    assert not torch.equal(kept[0][0][0], kept[1][0][0])
+
+
+def test_workers_outlive_stop_signals_sent_to_the_process_group(dataset_root):
+    """Ctrl-C or `timeout`'s SIGTERM reach the loader workers too: they keep serving the epoch (the main process
+    finishes its batch and saves before it closes them), then leave when the loader closes."""
+    cfg = load_data_config(write_yaml(dataset_root / "d.yaml", train="images/train", names=["a"]))
+    dataset = YoloDataset(scan_labels(list_images(cfg, "train")), imgsz=64, augment=True, hyp=HYP, seed=3)
+    loader = build_dataloader(dataset, batch_size=2, workers=2, shuffle=True, seed=3)
+    assert len(list(loader)) == len(loader)  # both workers started
+    workers = multiprocessing.active_children()
+    assert len(workers) == 2
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGINT)
+        os.kill(worker.pid, signal.SIGTERM)
+    loader.batch_sampler.sampler.set_epoch(1)
+    assert len(list(loader)) == len(loader) and all(w.is_alive() for w in workers)
+    del loader
+    for worker in workers:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+
+
+def test_sigterm_outside_a_loader_worker_loop_still_ends_the_process():
+    def victim():
+        signal.signal(signal.SIGTERM, outlive_sigterm)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+
+    process = multiprocessing.get_context("fork").Process(target=victim)
+    process.start()
+    process.join(timeout=30)
+    assert process.exitcode == -signal.SIGTERM
+
+
+@pytest.fixture
+def twelve_images(tmp_path):
+    root = tmp_path / "twelve"
+    colours = np.random.default_rng(0).integers(0, 200, (12, 3))
+    for i in range(12):
+        size = [(64, 48), (48, 64), (80, 60)][i % 3]
+        rows = write_image(root / "images" / "train" / f"{i}.png", size=size, color=tuple(colours[i].tolist()),
+                           boxes=[(8, 8, 30, 30)])
+        (root / "labels" / "train").mkdir(parents=True, exist_ok=True)
+        (root / "labels" / "train" / f"{i}.txt").write_text("\n".join(rows) + "\n")
+    cfg = load_data_config(write_yaml(root / "d.yaml", train="images/train", names=["a"]))
+    return scan_labels(list_images(cfg, "train"))
+
+
+def test_a_batch_decodes_each_file_once_and_equals_its_samples_one_by_one(twelve_images):
+    dataset = YoloDataset(twelve_images, imgsz=64, augment=True, hyp=replace(HYP, mixup=0.5))
+    decoded = []
+    load_image = dataset.load_image
+    dataset.load_image = lambda i: decoded.append(i) or load_image(i)
+    keys = [(0, i) for i in (3, 1, 4, 0, 5, 9, 2, 6)]
+    batch = dataset.__getitems__(keys)
+    assert len(batch) == 8 and len(decoded) == len(set(decoded))  # partners shared within the batch decode once
+    assert not set(decoded) <= {i for _, i in keys}  # partners come from the whole dataset, as YOLOv5 draws them
+    for key, sample in zip(keys, batch, strict=True):  # a function of the keys alone
+        alone = dataset[key]
+        assert np.array_equal(sample[0], alone[0].permute(1, 2, 0)) and torch.equal(sample[1], alone[1])
+
+
+def test_batches_are_the_same_for_any_worker_count(twelve_images):
+    def epoch(workers):
+        dataset = YoloDataset(twelve_images, imgsz=64, augment=True, hyp=HYP, seed=5)
+        loader = build_dataloader(dataset, batch_size=8, workers=workers, shuffle=True, seed=5)
+        loader.batch_sampler.sampler.set_epoch(1)
+        return [(batch.images, batch.targets) for batch in loader]
+
+    for a, b in zip(epoch(0), epoch(2), strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_hsv_left_to_the_device_stage_matches_hsv_in_the_workers(twelve_images):
+    def first_batch(on_device):
+        dataset = YoloDataset(twelve_images, imgsz=64, augment=True, hyp=HYP, seed=1)
+        dataset.hsv_on_device = on_device
+        return next(iter(build_dataloader(dataset, batch_size=8, workers=0, shuffle=True, seed=1)))
+
+    in_workers, deferred = first_batch(False), first_batch(True)
+    assert in_workers.hsv_gains is None and deferred.hsv_gains.shape == (8, 3)
+    assert torch.equal(in_workers.targets, deferred.targets)  # flips and geometry stay in the workers
+    assert not torch.equal(in_workers.images, deferred.images)
+    coloured = apply_hsv_batch(deferred.images, deferred.hsv_gains)
+    assert (coloured.int() - in_workers.images.int()).abs().max() <= 1
+
+
+def test_quad_tiles_four_samples_or_upsamples_one(twelve_images):
+    dataset = YoloDataset(twelve_images, imgsz=64, augment=True, hyp=replace(HYP, mosaic=0.0, fliplr=0.0,
+                                                                            hsv_h=0, hsv_s=0, hsv_v=0))
+    keys = [(0, i) for i in range(8)]
+    singles = dataset.__getitems__(keys)
+    dataset.quad = True
+    quads = dataset.__getitems__(keys)
+    assert len(quads) == 2
+    for group, (image, labels, *_) in zip((singles[:4], singles[4:]), quads):
+        assert image.shape == (128, 128, 3)
+        if np.array_equal(image[:64, :64], group[0][0]):  # tiled: each sample in its quarter, boxes halved
+            assert np.array_equal(image[64:, :64], group[1][0]) and np.array_equal(image[:64, 64:], group[2][0])
+            assert len(labels) == sum(len(s[1]) for s in group)
+            first = group[1][1][0, 2:]  # bottom left: y moves down half the image
+            torch.testing.assert_close(labels[len(group[0][1]), 2:],
+                                       torch.stack((first[0] / 2, first[1] / 2 + 0.5, first[2] / 2, first[3] / 2)))
+        else:  # the first sample, twice the size, boxes unchanged (normalised)
+            assert torch.equal(labels, group[0][1])
+
+
+def test_an_image_that_fails_to_decode_is_named_and_skipped(twelve_images, caplog):
+    broken = twelve_images.images[4]
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg any more")  # changed after the scan
+    dataset = YoloDataset(twelve_images, imgsz=64, augment=True, hyp=HYP)
+    with caplog.at_level(logging.WARNING, logger="yolo_accel"):
+        batch = dataset.__getitems__([(0, i) for i in range(10)])
+    assert len(batch) == 10 and f"{broken}: cannot be decoded" in caplog.text
+    validation = YoloDataset(twelve_images, imgsz=64, rect=True, batch_size=4)
+    position = validation.files.index(broken)
+    image, labels, path, shapes, _ = validation.__getitems__([position])[0]
+    assert path == str(broken) and len(labels) == 0 and (image == 114).all() and shapes is not None
