@@ -57,21 +57,30 @@ def rss_mb(pid: int) -> float:
 
 
 def cpu_cost(dataset, collate, args: argparse.Namespace) -> dict:
-    """CPU time per training image in this process, whole batches as a worker builds them."""
+    """CPU time per training image in this process, whole batches as a worker builds them, in the loader's order
+    (epochs follow one another when the dataset is smaller than --images)."""
     import torch
 
+    from yolo_accel.data.loader import EpochSampler, PoolBatchSampler
+
     torch.set_num_threads(1)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    order = (order * (args.images // len(order) + 1))[:args.images]
-    keys = [(0, i) for i in order]
-    collate(dataset.__getitems__(keys[:args.batch_size]))  # warm-up
+    sampler = EpochSampler(len(dataset), shuffle=True, seed=args.seed)
+    batches: list = []
+    while sum(len(b) for b in batches) < args.images + args.batch_size:
+        batches += list(PoolBatchSampler(sampler, batch_size=args.batch_size, drop_last=False))
+        sampler.set_epoch(sampler.epoch + 1)
+    collate(dataset.__getitems__(batches[0]))  # warm-up
+    images = 0
     start_cpu, start = time.process_time(), time.perf_counter()
-    for k in range(0, len(keys), args.batch_size):
-        collate(dataset.__getitems__(keys[k:k + args.batch_size]))
+    for batch in batches[1:]:
+        collate(dataset.__getitems__(batch))
+        images += len(batch)
+        if images >= args.images:
+            break
     cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start
     return {"impl": "yolo-accel", "hsv_on_device": dataset.hsv_on_device,
-            "cpu_ms_per_image": round(cpu / len(keys) * 1e3, 3),
-            "wall_ms_per_image": round(wall / len(keys) * 1e3, 3), "images": len(keys), "img": args.img}
+            "cpu_ms_per_image": round(cpu / images * 1e3, 3),
+            "wall_ms_per_image": round(wall / images * 1e3, 3), "images": images, "img": args.img}
 
 
 def throughput(args: argparse.Namespace) -> dict:

@@ -15,9 +15,9 @@ import torch
 from test_data import HYP, make_split, write_image, write_yaml
 
 from yolo_accel.data.batch_augment import apply_hsv_batch
-from yolo_accel.data.dataset import YoloDataset
+from yolo_accel.data.dataset import POOL_DEPTH, POOL_STRIDE, HeldImages, Key, YoloDataset
 from yolo_accel.data.labels import scan_labels
-from yolo_accel.data.loader import build_dataloader, outlive_sigterm
+from yolo_accel.data.loader import EpochSampler, PoolBatchSampler, build_dataloader, outlive_sigterm
 from yolo_accel.data.sources import list_images, load_data_config
 
 
@@ -95,11 +95,9 @@ def test_sigterm_outside_a_loader_worker_loop_still_ends_the_process():
     assert process.exitcode == -signal.SIGTERM
 
 
-@pytest.fixture
-def twelve_images(tmp_path):
-    root = tmp_path / "twelve"
-    colours = np.random.default_rng(0).integers(0, 200, (12, 3))
-    for i in range(12):
+def coloured_images(root, count):
+    colours = np.random.default_rng(0).integers(0, 200, (count, 3))
+    for i in range(count):
         size = [(64, 48), (48, 64), (80, 60)][i % 3]
         rows = write_image(root / "images" / "train" / f"{i}.png", size=size, color=tuple(colours[i].tolist()),
                            boxes=[(8, 8, 30, 30)])
@@ -107,6 +105,16 @@ def twelve_images(tmp_path):
         (root / "labels" / "train" / f"{i}.txt").write_text("\n".join(rows) + "\n")
     cfg = load_data_config(write_yaml(root / "d.yaml", train="images/train", names=["a"]))
     return scan_labels(list_images(cfg, "train"))
+
+
+@pytest.fixture
+def twelve_images(tmp_path):
+    return coloured_images(tmp_path / "twelve", 12)
+
+
+@pytest.fixture
+def fifty_images(tmp_path):
+    return coloured_images(tmp_path / "fifty", 50)
 
 
 def test_a_batch_decodes_each_file_once_and_equals_its_samples_one_by_one(twelve_images):
@@ -179,3 +187,92 @@ def test_an_image_that_fails_to_decode_is_named_and_skipped(twelve_images, caplo
     position = validation.files.index(broken)
     image, labels, path, shapes, _ = validation.__getitems__([position])[0]
     assert path == str(broken) and len(labels) == 0 and (image == 114).all() and shapes is not None
+
+
+def test_a_batch_pool_holds_the_batches_four_eight_twelve_and_sixteen_places_earlier():
+    sampler = EpochSampler(37, shuffle=True, seed=2)
+    sampler.set_epoch(3)
+    batches = list(PoolBatchSampler(sampler, batch_size=2, drop_last=False))
+    assert len(batches) == 19 and POOL_STRIDE == 4 and POOL_DEPTH == 4
+    indices = [[key.index for key in batch] for batch in batches]
+    assert sorted(i for batch in indices for i in batch) == list(range(37))
+    assert all(key.epoch == 3 for key in batches[0])
+    for k, batch in enumerate(batches):
+        assert all(key.batch == k and key.pool is batch[0].pool for key in batch)
+        expected = []
+        for depth in (1, 2, 3, 4):
+            expected += indices[k - 4 * depth] if k >= 4 * depth else [-1, -1]
+        assert list(batch[0].pool) == expected
+    last = batches[-1][0].pool  # batch 18: batches 14, 10, 6 and 2
+    assert last == (*indices[14], *indices[10], *indices[6], *indices[2])
+
+
+def test_mosaic_partners_come_from_the_pool_and_each_image_is_decoded_once_while_pools_need_it(fifty_images):
+    dataset = YoloDataset(fifty_images, imgsz=64, augment=True, hyp=replace(HYP, mosaic=1.0), seed=4)
+    loader = build_dataloader(dataset, batch_size=2, workers=0, shuffle=True, seed=4)
+    keys = list(loader.batch_sampler)
+    decoded = []
+    load_image = dataset.load_image
+    dataset.load_image = lambda i: decoded.append(i) or load_image(i)
+    full = POOL_STRIDE * POOL_DEPTH  # from this batch on every pool slot holds an image
+    later = []
+    for k, batch in enumerate(keys):
+        start = len(decoded)
+        dataset.__getitems__(batch)
+        if k >= full:
+            allowed = {key.index for key in batch} | set(batch[0].pool)
+            assert set(decoded[start:]) <= allowed  # no partner from outside the pool
+            later += decoded[start:]
+    assert len(later) == len(set(later)) > 0  # held from batch to batch: none decoded twice
+    uniform = YoloDataset(fifty_images, imgsz=64, augment=True, hyp=replace(HYP, mosaic=1.0), seed=4)
+    counted = []
+    uniform.load_image = lambda i: counted.append(i) or YoloDataset.load_image(uniform, i)
+    for batch in keys:
+        uniform.__getitems__([(key.epoch, key.index) for key in batch])  # no pool: YOLOv5's draw
+    assert len(decoded) < 0.7 * len(counted)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_batches_with_pools_are_the_same_for_any_worker_count_and_held_images(fifty_images, workers):
+    """Whether a process held a pool's images (0 or 2 workers) or decodes some again (3 workers), and whatever
+    its memory allows it to hold, a batch is the same as one built from nothing."""
+    def epoch(workers, budget=None):
+        dataset = YoloDataset(fifty_images, imgsz=64, augment=True, hyp=HYP, seed=6)
+        if budget is not None:
+            dataset._held = HeldImages(budget)
+        loader = build_dataloader(dataset, batch_size=2, workers=workers, shuffle=True, seed=6)
+        loader.batch_sampler.sampler.set_epoch(1)
+        return [(batch.images, batch.targets) for batch in loader], list(loader.batch_sampler)
+
+    single, keys = epoch(0)
+    tight, _ = epoch(0, budget=4 * 64 * 64 * 3)
+    for (a, at), (b, bt), (c, ct) in zip(single, epoch(workers)[0], tight, strict=True):
+        assert torch.equal(a, b) and torch.equal(at, bt) and torch.equal(a, c) and torch.equal(at, ct)
+    fresh = YoloDataset(fifty_images, imgsz=64, augment=True, hyp=HYP, seed=6)
+    for k in (POOL_STRIDE * POOL_DEPTH, len(keys) - 1):
+        batch = fresh.__getitems__([Key(*key) for key in keys[k]])  # a process that holds nothing
+        fresh._held = None
+        for i, (image, labels, *_) in enumerate(batch):
+            assert np.array_equal(image, single[k][0][i].permute(1, 2, 0).numpy())
+            assert torch.equal(labels[:, 1:], single[k][1][single[k][1][:, 0] == i][:, 1:])
+
+
+def test_held_images_stay_within_their_budget_and_go_with_the_epoch():
+    held = HeldImages(budget=3 * 100)
+    image = (np.zeros((10, 10, 1), np.uint8), (10, 10), (10, 10))
+    pool = (-1, -1) * POOL_DEPTH
+    keys = [Key(0, 7, 20, pool), Key(0, 8, 20, pool)]
+    decoded = held.start(keys[0]) | {7: image, 8: image, 9: image}  # 9: drawn from outside the pool
+    held.keep(keys, decoded)
+    assert set(held.images) == {7, 8}
+    pool = (7, 8) + (-1, -1) * (POOL_DEPTH - 1)
+    keys = [Key(0, 1, 24, pool), Key(0, 2, 24, pool)]
+    decoded = held.start(keys[0])
+    assert set(decoded) == {7, 8}
+    held.keep(keys, decoded | {1: image, 2: image})
+    assert len(held.images) == 3 and {1, 2} <= set(held.images)  # the newest first, within the budget
+    empty = (-1,) * len(pool)
+    decoded = held.start(Key(0, 5, 41, empty))
+    held.keep([Key(0, 5, 41, empty)], decoded | {5: image})
+    assert set(held.images) == {5}  # batches after 41 draw from batch 26 on: 25 and older are gone
+    assert held.start(Key(1, 3, 0, pool)) == {}  # a new epoch starts from nothing

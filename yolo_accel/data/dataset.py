@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -42,6 +42,71 @@ Shapes = tuple[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]]
 Sample = tuple[np.ndarray, torch.Tensor, str, Shapes, np.ndarray | None]
 Decoded = tuple[np.ndarray, tuple[int, int], tuple[int, int]]
 MAX_REPLACEMENTS = 8  # a training sample whose image cannot be decoded is replaced by the next one's, this often
+# Mosaic partners of the epoch's batch k are drawn from a pool: the images of batches k - 4, k - 8, k - 12 and k - 16
+# of the epoch's order (slots of batches before the first are filled by uniform draws over the dataset). A worker
+# that built those batches still holds their images; with 1, 2 or 4 loader processes in all (every 4th batch each)
+# it built all of them, with 8 half of them.
+POOL_STRIDE, POOL_DEPTH = 4, 4
+HELD_BYTES = 1 << 30  # at most this much decoded image data kept from batch to batch, per process
+
+
+class Key(NamedTuple):
+    """What a loader asks the dataset for: sample `index` of `epoch`; in training also the sample's batch (its
+    place in the epoch's order) and that batch's mosaic partner pool (POOL_DEPTH blocks of batch-size image
+    indices, -1 where a block has no image)."""
+
+    epoch: int
+    index: int
+    batch: int = -1
+    pool: tuple[int, ...] = ()
+
+
+def as_key(key: int | tuple) -> Key:
+    return Key(*key) if isinstance(key, tuple) else Key(0, key)
+
+
+class HeldImages:
+    """Decoded images one process keeps from batch to batch, each tagged with the latest batch whose pool or own
+    images it belongs to: batch k's pool reaches back POOL_DEPTH x POOL_STRIDE batches, so an image tagged
+    k - POOL_DEPTH x POOL_STRIDE or earlier is no use to batches after k. They only save decoding: a batch is the
+    same whether its images come from here or from the files."""
+
+    def __init__(self, budget: int = HELD_BYTES):
+        self.budget = budget
+        self.at: tuple[int, int] = (-1, -1)  # (epoch, batch) last built
+        self.images: dict[int, Decoded] = {}
+        self.tags: dict[int, int] = {}
+
+    def start(self, key: Key) -> dict[int, Decoded]:
+        """The images held for batch `key.batch`: a dict the batch adds its decoded images to."""
+        if key.epoch != self.at[0] or key.batch <= self.at[1]:  # a new epoch, or the order started again
+            self.images, self.tags = {}, {}
+        return dict(self.images)
+
+    def keep(self, keys: list[Key], decoded: dict[int, Decoded]) -> None:
+        """After building the batch of `keys` with `decoded`: keep what later batches' pools may draw."""
+        key = keys[0]
+        self.at = (key.epoch, key.batch)
+        tags = {}
+        block = max(1, len(key.pool) // POOL_DEPTH)
+        for slot, i in enumerate(key.pool):
+            if i >= 0:
+                tags[i] = max(tags.get(i, -1), key.batch - (slot // block + 1) * POOL_STRIDE)
+        for k in keys:
+            tags[k.index] = key.batch
+        for i, tag in tags.items():
+            self.tags[i] = max(self.tags.get(i, -1), tag)
+        oldest = key.batch - POOL_DEPTH * POOL_STRIDE  # tags at or below it: of no use to later batches
+        kept, size = {}, 0
+        for i in sorted(decoded, key=lambda i: -self.tags.get(i, oldest)):
+            image = decoded[i]
+            if self.tags.get(i, oldest) > oldest and not isinstance(image, Exception):
+                size += image[0].nbytes
+                if size > self.budget:
+                    break
+                kept[i] = image
+        self.images = kept
+        self.tags = {i: self.tags[i] for i in kept}
 
 
 def available_memory() -> int:
@@ -102,8 +167,9 @@ class YoloDataset(Dataset):
 
     A sample's randomness comes from a generator seeded by (seed, epoch, index), so it is the same whichever
     worker or process loads it, and a resumed run sees exactly the batches an uninterrupted one would. The
-    DataLoader fetches whole batches (`__getitems__`): each file is decoded at most once per batch, and a batch is
-    a function of (seed, epoch, its keys) alone.
+    DataLoader fetches whole batches (`__getitems__`): each file is decoded at most once per batch, images of
+    earlier batches that mosaic partners are drawn from stay decoded, and a batch is a function of (seed, epoch,
+    its keys) alone.
     """
 
     def __init__(self, index: LabelIndex, imgsz: int = 640, batch_size: int = 16, augment: bool = False,
@@ -144,6 +210,10 @@ class YoloDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def __getstate__(self) -> dict:
+        """Without the images a process holds (a spawned worker starts without them, as a forked one does)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_held", "_scratch")}
 
     @property
     def geometry(self) -> dict[str, float]:
@@ -247,31 +317,43 @@ class YoloDataset(Dataset):
     def mosaic_active(self, epoch: int) -> bool:
         return self.mosaic and (self.mosaic_epochs is None or epoch < self.mosaic_epochs)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str, Shapes,
-                                                                np.ndarray | None]:
+    def __getitem__(self, key: int | tuple) -> tuple[torch.Tensor, torch.Tensor, str, Shapes, np.ndarray | None]:
         """One sample on its own, its image as a (3, H, W) tensor; loaders fetch whole batches (__getitems__)."""
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        image, *rest = self.sample(epoch, index, {})
+        key = as_key(key)
+        image, *rest = self.sample(key.epoch, key.index, {}, key.pool)
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), *rest
 
-    def __getitems__(self, keys: list[int | tuple[int, int]]) -> list[Sample]:
+    def __getitems__(self, keys: list[int | tuple]) -> list[Sample]:
         """A whole batch, each file decoded at most once for it (an image that is also another mosaic's partner,
-        or in view twice, is decoded once). Mosaic partners are drawn from the whole dataset, as YOLOv5 does:
-        drawing them from the batch's own images (one decode per mosaic instead of up to four) cost yolov5n 4.6
-        points of mean mAP50-95 on the demo data (3 seeds), since a batch then holds a quarter as many images.
+        or in view twice, is decoded once).
+
+        Mosaic partners are drawn from the batch's pool (see Key, POOL_STRIDE): images of earlier batches that
+        this process built and still holds, so a training image is decoded about once per epoch instead of about
+        3.4 times with partners drawn from the whole dataset (YOLOv5's draw). Without a pool (keys made by hand, the
+        first batches of an epoch) partners are drawn from the whole dataset. Drawing them from the batch's own
+        images instead cost yolov5n 4.6 points of mean mAP50-95 on the demo data (3 seeds): a batch then holds a
+        quarter as many different images; a pool of four earlier batches keeps about 50 different images in 64
+        mosaic tiles of a batch of 16, against about 63 with YOLOv5's draw.
         """
-        keys = [key if isinstance(key, tuple) else (0, key) for key in keys]
-        decoded: dict[int, Decoded] = {}
-        samples = [self.sample(epoch, index, decoded) for epoch, index in keys]
+        keys = [as_key(key) for key in keys]
+        held = self.ram is None and keys and keys[0].pool and self.mosaic_active(keys[0].epoch)
+        if held:
+            self._held = getattr(self, "_held", None) or HeldImages()
+            decoded = self._held.start(keys[0])
+        else:
+            decoded = {}
+        samples = [self.sample(key.epoch, key.index, decoded, key.pool) for key in keys]
+        if held:
+            self._held.keep(keys, decoded)
         return self._quads(keys, samples) if self.quad else samples
 
-    def _quads(self, keys: list[tuple[int, int]], samples: list[Sample]) -> list[Sample]:
+    def _quads(self, keys: list[Key], samples: list[Sample]) -> list[Sample]:
         """YOLOv5's --quad: every four samples become one at twice the size, either the first upsampled 2x or the
         four tiled (first and second down the left, third and fourth down the right), even odds drawn from the
         group's first key; a batch's last 1-3 samples are dropped."""
         out = []
         for k in range(0, len(samples) - 3, 4):
-            epoch, index = keys[k]
+            epoch, index = keys[k][:2]
             group = samples[k:k + 4]
             image, labels, path, shapes, _ = group[0]
             if np.random.default_rng([self.seed, epoch, index, 4]).random() < 0.5:
@@ -300,13 +382,14 @@ class YoloDataset(Dataset):
             raise decoded[i]
         return decoded[i]
 
-    def sample(self, epoch: int, index: int, decoded: dict[int, Decoded]) -> Sample:
-        """Sample `index` of `epoch`; decoded images are taken from and put into `decoded`. An image that cannot be
+    def sample(self, epoch: int, index: int, decoded: dict[int, Decoded], pool: Sequence[int] = ()) -> Sample:
+        """Sample `index` of `epoch`, mosaic partners drawn from `pool` (see Key); decoded images are taken from and
+        put into `decoded`. An image that cannot be
         decoded is reported and skipped: in training the next image's sample takes its place, in validation a grey
         image without labels (both the same every epoch)."""
         for attempt in range(MAX_REPLACEMENTS + 1):
             try:
-                return self._sample(epoch, (index + attempt) % len(self), decoded)
+                return self._sample(epoch, (index + attempt) % len(self), decoded, pool)
             except ImageDecodeError as err:
                 LOGGER.warning(f"{self.prefix}WARNING ⚠️ {err}; skipping it")
                 if not self.augment:
@@ -323,15 +406,15 @@ class YoloDataset(Dataset):
         shapes = (h0, w0), ((h * ratio[1] / h0, w * ratio[0] / w0), (float(pad[0]), float(pad[1])))
         return image, torch.zeros((0, 6)), os.fsdecode(self.paths[index]), shapes, None
 
-    def _sample(self, epoch: int, index: int, decoded: dict[int, Decoded]) -> Sample:
+    def _sample(self, epoch: int, index: int, decoded: dict[int, Decoded], pool: Sequence[int]) -> Sample:
         rng = np.random.default_rng([self.seed, epoch, index])
         hyp = self.hyp
         shapes: Shapes = None
         if self.mosaic_active(epoch) and rng.random() < hyp.mosaic:
-            image, labels = self.load_mosaic(index, rng, decoded)
+            image, labels = self.load_mosaic(index, rng, decoded, pool)
             if rng.random() < hyp.mixup:
                 other = int(rng.integers(len(self)))
-                image, labels = mixup(image, labels, *self.load_mosaic(other, rng, decoded), rng)
+                image, labels = mixup(image, labels, *self.load_mosaic(other, rng, decoded, pool), rng)
         else:
             image, (h0, w0), (h, w) = self._image(index, decoded)
             shape = tuple(self.batch_shapes[self.batch_index[index]]) if self.rect else self.imgsz
@@ -361,11 +444,11 @@ class YoloDataset(Dataset):
         out[:, 1:] = labels
         return image, torch.from_numpy(out), os.fsdecode(self.paths[index]), shapes, gains
 
-    def load_mosaic(self, index: int, rng: np.random.Generator,
-                    decoded: dict[int, Decoded] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def load_mosaic(self, index: int, rng: np.random.Generator, decoded: dict[int, Decoded] | None = None,
+                    pool: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
         """Four images around a random centre on a 2s x 2s canvas, then copy-paste and a random warp to s x s.
 
-        The three partners are drawn uniformly from the dataset (YOLOv5's draw). Labels come back as (n, 5) =
+        The three partners are drawn from `pool` (partners()). Labels come back as (n, 5) =
         (class, x1, y1, x2, y2) in output pixels. Without copy-paste only the part of the canvas that the warp reads
         is assembled, and images that fall outside it are not decoded; the result is the same as warping the full
         canvas (within one grey level for rotations and shears, which OpenCV interpolates in fixed point from the
@@ -374,8 +457,7 @@ class YoloDataset(Dataset):
         decoded = {} if decoded is None else decoded
         s = self.imgsz
         yc, xc = (int(rng.uniform(-b, 2 * s + b)) for b in self.mosaic_border)
-        partners = rng.integers(0, len(self), size=3).tolist()
-        indices = [index, *partners]
+        indices = [index, *self.partners(rng, pool)]
         rng.shuffle(indices)
         tiles = []  # (image index, (x, y) of its top-left corner on the canvas)
         all_labels, all_segments = [], []
@@ -414,6 +496,14 @@ class YoloDataset(Dataset):
             shift[:2, 2] = region[:2]  # region pixels -> canvas pixels
             image = warp_image(self._assemble(tiles, region, decoded), matrix @ shift, out_shape)
         return image, warp_labels(labels, all_segments, matrix, scale, out_shape)
+
+    def partners(self, rng: np.random.Generator, pool: Sequence[int] = ()) -> list[int]:
+        """Three mosaic partners: slots drawn uniformly from `pool`, an empty slot (-1) filled by a uniform draw over
+        the dataset; without a pool, three uniform draws over the dataset (YOLOv5's draw)."""
+        if not len(pool):
+            return rng.integers(0, len(self), size=3).tolist()
+        picks = [int(pool[slot]) for slot in rng.integers(0, len(pool), size=3).tolist()]
+        return [i if i >= 0 else int(rng.integers(len(self))) for i in picks]
 
     def _canvas(self, height: int, width: int) -> np.ndarray:
         """A grey (height, width, 3) view of one buffer this process reuses: the mosaic regions vary in size from

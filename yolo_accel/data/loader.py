@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler, get_worker_info
 
-from .dataset import YoloDataset
+from .dataset import POOL_DEPTH, POOL_STRIDE, Key, YoloDataset
 
 
 class EpochSampler(Sampler):
@@ -48,6 +48,29 @@ class EpochSampler(Sampler):
         epoch = self.epoch
         for i in order.tolist():
             yield epoch, i
+
+
+class PoolBatchSampler(BatchSampler):
+    """Batches of keys, each key carrying its batch's place in the epoch and its mosaic partner pool: the indices
+    of the batches POOL_STRIDE, 2 x POOL_STRIDE, ... POOL_DEPTH x POOL_STRIDE places earlier in the epoch's order,
+    one block of batch-size slots each (-1 where there is no such batch or it was short).
+
+    The pool is made here, where the order is known, so a batch stays a function of (seed, epoch, its keys): the
+    same with any number of workers and processes, and after a resume (skipped batches are still drawn). Workers
+    build every n-th batch, so one builds all of a pool's batches when the loader processes in all (workers x
+    processes) divide POOL_STRIDE, and then decodes a training image about once per epoch.
+    """
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        history: list[list[int]] = []
+        for k, batch in enumerate(super().__iter__()):
+            slots = []
+            for depth in range(1, POOL_DEPTH + 1):
+                block = history[k - depth * POOL_STRIDE] if k >= depth * POOL_STRIDE else []
+                slots += block + [-1] * (self.batch_size - len(block))
+            pool = tuple(slots)  # one object for the whole batch: pickled once on its way to a worker
+            history.append([index for _, index in batch])
+            yield [Key(epoch, index, k, pool) for epoch, index in batch]
 
 
 class Batch(NamedTuple):
@@ -116,7 +139,7 @@ def build_dataloader(dataset: YoloDataset, batch_size: int, workers: int = 8, sh
     do not reach them.
     """
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)
-    batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
+    batches = (PoolBatchSampler if dataset.mosaic else BatchSampler)(sampler, batch_size=batch_size, drop_last=False)
     num_workers = min(os.cpu_count() or 1, workers, batch_size if batch_size > 1 else 0)
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0, worker_init_fn=init_worker)
