@@ -337,7 +337,7 @@ class YoloDataset(Dataset):
         mosaic tiles of a batch of 16, against about 63 with YOLOv5's draw.
         """
         keys = [as_key(key) for key in keys]
-        held = self.ram is None and keys and keys[0].pool and self.mosaic_active(keys[0].epoch)
+        held = bool(self.ram is None and keys and keys[0].pool and self.mosaic_active(keys[0].epoch))
         if held:
             self._held = getattr(self, "_held", None) or HeldImages()
             decoded = self._held.start(keys[0])
@@ -354,7 +354,7 @@ class YoloDataset(Dataset):
         group's first key; a batch's last 1-3 samples are dropped."""
         out = []
         for k in range(0, len(samples) - 3, 4):
-            epoch, index = keys[k][:2]
+            epoch, index = keys[k].epoch, keys[k].index
             group = samples[k:k + 4]
             image, labels, path, shapes, _ = group[0]
             if np.random.default_rng([self.seed, epoch, index, 4]).random() < 0.5:
@@ -385,9 +385,8 @@ class YoloDataset(Dataset):
 
     def sample(self, epoch: int, index: int, decoded: dict[int, Decoded], pool: Sequence[int] = ()) -> Sample:
         """Sample `index` of `epoch`, mosaic partners drawn from `pool` (see Key); decoded images are taken from and
-        put into `decoded`. An image that cannot be
-        decoded is reported and skipped: in training the next image's sample takes its place, in validation a grey
-        image without labels (both the same every epoch)."""
+        put into `decoded`. An image that cannot be decoded is reported and skipped: in training the next image's
+        sample takes its place, in validation a grey image without labels (both the same every epoch)."""
         for attempt in range(MAX_REPLACEMENTS + 1):
             try:
                 return self._sample(epoch, (index + attempt) % len(self), decoded, pool)
@@ -450,8 +449,8 @@ class YoloDataset(Dataset):
                     pool: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
         """Four images around a random centre on a 2s x 2s canvas, then copy-paste and a random warp to s x s.
 
-        The three partners are drawn from `pool` (partners()). Labels come back as (n, 5) =
-        (class, x1, y1, x2, y2) in output pixels. Without copy-paste only the part of the canvas that the warp reads
+        The three partners are drawn from `pool` (see partners()). Labels come back as (n, 5) = (class, x1, y1,
+        x2, y2) in output pixels. Without copy-paste only the part of the canvas that the warp reads
         is assembled, and images that fall outside it are not decoded; the result is the same as warping the full
         canvas (within one grey level for rotations and shears, which OpenCV interpolates in fixed point from the
         region's origin).

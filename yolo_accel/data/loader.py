@@ -85,8 +85,8 @@ class Batch(NamedTuple):
 
 def collate(samples: list) -> Batch:
     """Samples from YoloDataset.__getitems__ -> a Batch. Images are copied once, (H, W, 3) as they come, into one
-    block; inside a worker that block is shared memory, so it reaches the main process
-    without another copy. Viewed as (B, 3, H, W) it is channels-last, the layout the model runs in."""
+    block; inside a worker that block is shared memory, so it reaches the main process without another copy.
+    Viewed as (B, 3, H, W) it is channels-last, the layout the model runs in."""
     images, labels, paths, shapes, gains = zip(*samples)
     for i, lb in enumerate(labels):
         lb[:, 0] = i
