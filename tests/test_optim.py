@@ -74,6 +74,13 @@ def test_warmup_ramps_lr_momentum_and_accumulation(model):
     assert Warmup.plan(WARMUP, 0.937, batches_per_epoch=100, batch_size=16).batches == 300
 
 
+def test_anchor_free_warmup_follows_ultralytics():
+    """No 100-batch floor, and the last epoch is left out of the ramp (Ultralytics 8's rule)."""
+    assert Warmup.plan(WARMUP, 0.9, batches_per_epoch=25, batch_size=16, epochs=50).batches == 75
+    assert Warmup.plan(WARMUP, 0.9, batches_per_epoch=25, batch_size=16, epochs=3).batches == 50
+    assert Warmup.plan(WARMUP, 0.9, batches_per_epoch=25, batch_size=16, epochs=1).batches == 0
+
+
 def test_ema_follows_with_the_yolov5_ramp(model):
     ema = ModelEMA(model)
     moved = build_model(model.yaml)

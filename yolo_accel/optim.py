@@ -82,9 +82,15 @@ class Warmup:
     batch_size: int
 
     @classmethod
-    def plan(cls, warmup: WarmupHyp, momentum: float, batches_per_epoch: int, batch_size: int) -> Warmup:
-        """Over max(warmup_epochs of batches, 100) batches (none if warmup_epochs is 0), to `momentum`."""
-        batches = max(round(warmup.warmup_epochs * batches_per_epoch), 100) if warmup.warmup_epochs > 0 else 0
+    def plan(cls, warmup: WarmupHyp, momentum: float, batches_per_epoch: int, batch_size: int,
+             epochs: int | None = None) -> Warmup:
+        """To `momentum` over YOLOv5's max(warmup_epochs of batches, 100) batches or, given the run's `epochs`,
+        Ultralytics 8's min(warmup_epochs, epochs - 1) epochs of batches (the anchor-free recipe); none if
+        warmup_epochs is 0."""
+        if epochs is None:
+            batches = max(round(warmup.warmup_epochs * batches_per_epoch), 100) if warmup.warmup_epochs > 0 else 0
+        else:
+            batches = round(min(warmup.warmup_epochs, max(epochs - 1, 0)) * batches_per_epoch)
         return cls(batches, warmup.warmup_bias_lr, warmup.warmup_momentum, momentum, batch_size)
 
     def accumulate(self, step: int) -> int:

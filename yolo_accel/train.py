@@ -448,7 +448,8 @@ def build_training_state(run: Run, model: DetectionModel, data: Data) -> tuple[T
     training = TrainingState(prepared, unwrapped, ModelEMA(unwrapped), optimizer, scheduler, accelerator.scaler,
                              EarlyStopping(config.patience), config.epochs, python_rng, maps=np.zeros(run.nc))
     batches_per_epoch = len(data.train_loader)
-    warmup = Warmup.plan(hyp.warmup, hyp.optimizer.momentum, batches_per_epoch, data.batch_size)
+    warmup = Warmup.plan(hyp.warmup, hyp.optimizer.momentum, batches_per_epoch, data.batch_size,
+                         epochs=config.epochs if model.anchor_free else None)
     plan = StepPlan(accelerator, criterion, warmup, lr_factor, 4.0 if config.quad else 1.0,
                     data.imgsz, data.grid_stride, config.multi_scale, batches_per_epoch)
     return training, plan
