@@ -191,20 +191,28 @@ def test_an_image_that_fails_to_decode_is_named_and_skipped(twelve_images, caplo
 
 def test_a_batch_pool_holds_the_batches_four_eight_twelve_and_sixteen_places_earlier():
     sampler = EpochSampler(37, shuffle=True, seed=2)
-    sampler.set_epoch(3)
-    batches = list(PoolBatchSampler(sampler, batch_size=2, drop_last=False))
+    batches = list(PoolBatchSampler(sampler, batch_size=2, drop_last=False))  # epoch 0: nothing before it
     assert len(batches) == 19 and POOL_STRIDE == 4 and POOL_DEPTH == 4
     indices = [[key.index for key in batch] for batch in batches]
     assert sorted(i for batch in indices for i in batch) == list(range(37))
-    assert all(key.epoch == 3 for key in batches[0])
     for k, batch in enumerate(batches):
-        assert all(key.batch == k and key.pool is batch[0].pool for key in batch)
+        assert all(key.epoch == 0 and key.batch == k and key.pool is batch[0].pool for key in batch)
         expected = []
         for depth in (1, 2, 3, 4):
             expected += indices[k - 4 * depth] if k >= 4 * depth else [-1, -1]
         assert list(batch[0].pool) == expected
     last = batches[-1][0].pool  # batch 18: batches 14, 10, 6 and 2
     assert last == (*indices[14], *indices[10], *indices[6], *indices[2])
+
+    sampler.set_epoch(1)  # its first pools reach back into epoch 0, made up to 20 batches (5 whole strides)
+    following = list(PoolBatchSampler(sampler, batch_size=2, drop_last=False))
+    history = indices + [indices[15]] + [[key.index for key in batch] for batch in following]
+    assert following[0][0].pool == (*history[16], *history[12], *history[8], *history[4])
+    assert following[3][0].pool == (*history[19], *history[15], *history[11], *history[7])
+    assert following[5][0].pool == (*history[21], *history[17], *history[13], *history[9])
+    assert following[2][0].pool[:2] == (*indices[18], -1)  # epoch 0's last batch is short: one image
+    sampler.set_weights(np.ones(37))  # an order drawn by weights: no reach into the previous epoch
+    assert PoolBatchSampler(sampler, batch_size=2, drop_last=False).previous_batches() == []
 
 
 def test_mosaic_partners_come_from_the_pool_and_each_image_is_decoded_once_while_pools_need_it(fifty_images):
@@ -230,6 +238,13 @@ def test_mosaic_partners_come_from_the_pool_and_each_image_is_decoded_once_while
     for batch in keys:
         uniform.__getitems__([(key.epoch, key.index) for key in batch])  # no pool: YOLOv5's draw
     assert len(decoded) < 0.7 * len(counted)
+
+    loader.batch_sampler.sampler.set_epoch(1)  # the next epoch's first pools: the last batches of this one
+    start = len(decoded)
+    for batch in loader.batch_sampler:
+        assert -1 not in batch[0].pool
+        dataset.__getitems__(batch)
+    assert len(decoded) - start <= len(dataset)  # about once each: no uniform draws fill the first pools
 
 
 @pytest.mark.parametrize("workers", [2, 3])
@@ -275,4 +290,10 @@ def test_held_images_stay_within_their_budget_and_go_with_the_epoch():
     decoded = held.start(Key(0, 5, 41, empty))
     held.keep([Key(0, 5, 41, empty)], decoded | {5: image})
     assert set(held.images) == {5}  # batches after 41 draw from batch 26 on: 25 and older are gone
-    assert held.start(Key(1, 3, 0, pool)) == {}  # a new epoch starts from nothing
+    assert set(held.start(Key(1, 3, 0, pool))) == {5}  # the next epoch's first pools reach back into this one
+    held.keep([Key(1, 3, 0, empty)], {5: image, 3: image})
+    assert held.tags == {5: -1, 3: 0}
+    decoded = held.start(Key(1, 4, 15, empty))
+    held.keep([Key(1, 4, 15, empty)], decoded | {4: image})
+    assert set(held.images) == {3, 4}  # batches after 15 draw from batch 0 on: the previous epoch's are gone
+    assert held.start(Key(3, 3, 0, pool)) == {}  # an epoch after another: nothing held serves it

@@ -44,9 +44,9 @@ Sample = tuple[np.ndarray, torch.Tensor, str, Shapes, np.ndarray | None]
 Decoded = tuple[np.ndarray, tuple[int, int], tuple[int, int]]
 MAX_REPLACEMENTS = 8  # a training sample whose image cannot be decoded is replaced by the next one's, this often
 # Mosaic partners of the epoch's batch k are drawn from a pool: the images of batches k - 4, k - 8, k - 12 and k - 16
-# of the epoch's order (slots of batches before the first are filled by uniform draws over the dataset). A worker
-# that built those batches still holds their images; with 1, 2 or 4 loader processes in all (every 4th batch each)
-# it built all of them, with 8 half of them.
+# of the order, the first batches reaching back into the previous epoch's (in a run's first epoch, slots of batches
+# before the first are filled by uniform draws over the dataset). A worker that built those batches still holds
+# their images; with 1, 2 or 4 loader processes in all (every 4th batch each) it built all of them, with 8 half.
 POOL_STRIDE, POOL_DEPTH = 4, 4
 HELD_BYTES = 1 << 30  # at most this much decoded image data kept from batch to batch, per process
 
@@ -69,8 +69,9 @@ def as_key(key: int | tuple) -> Key:
 class HeldImages:
     """Decoded images one process keeps from batch to batch, each tagged with the latest batch whose pool or own
     images it belongs to: batch k's pool reaches back POOL_DEPTH x POOL_STRIDE batches, so an image tagged
-    k - POOL_DEPTH x POOL_STRIDE or earlier is no use to batches after k. They only save decoding: a batch is the
-    same whether its images come from here or from the files."""
+    k - POOL_DEPTH x POOL_STRIDE or earlier is no use to batches after k. At the next epoch the images still held
+    are tagged -1, its first pools' reach. They only save decoding: a batch is the same whether its images come
+    from here or from the files."""
 
     def __init__(self, budget: int = HELD_BYTES):
         self.budget = budget
@@ -80,7 +81,10 @@ class HeldImages:
 
     def start(self, key: Key) -> dict[int, Decoded]:
         """The images held for batch `key.batch`: a dict the batch adds its decoded images to."""
-        if key.epoch != self.at[0] or key.batch <= self.at[1]:  # a new epoch, or the order started again
+        epoch, batch = self.at
+        if key.epoch == epoch + 1:  # the next epoch, whose first pools reach back at most to its batch -1
+            self.tags = dict.fromkeys(self.images, -1)
+        elif key.epoch != epoch or key.batch <= batch:  # another epoch, or the order started again
             self.images, self.tags = {}, {}
         return dict(self.images)
 
@@ -331,7 +335,7 @@ class YoloDataset(Dataset):
         Mosaic partners are drawn from the batch's pool (see Key, POOL_STRIDE): images of earlier batches that
         this process built and still holds, so a training image is decoded about once per epoch instead of about
         3.4 times with partners drawn from the whole dataset (YOLOv5's draw). Without a pool (keys made by hand, the
-        first batches of an epoch) partners are drawn from the whole dataset. Drawing them from the batch's own
+        first batches of a run) partners are drawn from the whole dataset. Drawing them from the batch's own
         images instead cost yolov5n 4.6 points of mean mAP50-95 on the demo data (3 seeds): a batch then holds a
         quarter as many different images; a pool of four earlier batches keeps about 50 different images in 64
         mosaic tiles of a batch of 16, against about 63 with YOLOv5's draw.

@@ -52,25 +52,44 @@ class EpochSampler(Sampler):
 
 class PoolBatchSampler(BatchSampler):
     """Batches of keys, each key carrying its batch's place in the epoch and its mosaic partner pool: the indices
-    of the batches POOL_STRIDE, 2 x POOL_STRIDE, ... POOL_DEPTH x POOL_STRIDE places earlier in the epoch's order,
-    one block of batch-size slots each (-1 where there is no such batch or it was short).
+    of the batches POOL_STRIDE, 2 x POOL_STRIDE, ... POOL_DEPTH x POOL_STRIDE places earlier in the order, one block
+    of batch-size slots each (-1 where there is no such batch or it was short). The epoch's first batches reach
+    back into the previous epoch's order, made up to a whole number of strides so each place keeps its worker; only
+    the first epoch of a run (or of an order drawn by image weights) starts with empty slots.
 
     The pool is made here, where the order is known, so a batch stays a function of (seed, epoch, its keys): the
-    same with any number of workers and processes, and after a resume (skipped batches are still drawn). Workers
-    build every n-th batch, so one builds all of a pool's batches when the loader processes in all (workers x
-    processes) divide POOL_STRIDE, and then decodes a training image about once per epoch.
+    same with any number of workers and processes, and after a resume (skipped batches are still drawn, the
+    previous epoch's order drawn again). Workers build every n-th batch, so one builds all of a pool's batches when
+    the loader processes in all (workers x processes) divide POOL_STRIDE, and then decodes a training image about
+    once per epoch.
     """
 
     def __iter__(self) -> Iterator[list[Key]]:
-        history: list[list[int]] = []
+        history = self.previous_batches()
+        while len(history) % POOL_STRIDE:  # places missing from the last stride repeat the batch a stride earlier
+            history.append(history[-POOL_STRIDE] if len(history) >= POOL_STRIDE else [])
+        start = len(history)  # where this epoch's batches begin in `history`
         for k, batch in enumerate(super().__iter__()):
             slots = []
             for depth in range(1, POOL_DEPTH + 1):
-                block = history[k - depth * POOL_STRIDE] if k >= depth * POOL_STRIDE else []
+                j = start + k - depth * POOL_STRIDE
+                block = history[j] if j >= 0 else []
                 slots += block + [-1] * (self.batch_size - len(block))
             pool = tuple(slots)  # one object for the whole batch: pickled once on its way to a worker
             history.append([index for _, index in batch])
             yield [Key(epoch, index, k, pool) for epoch, index in batch]
+
+    def previous_batches(self) -> list[list[int]]:
+        """The image indices of the previous epoch's batches: none before the first epoch, or when image weights
+        draw the order (the previous one then depended on weights of that time)."""
+        sampler = self.sampler
+        if not isinstance(sampler, EpochSampler) or sampler.epoch == 0 or sampler.weights is not None:
+            return []
+        previous = EpochSampler(len(sampler), sampler.shuffle, sampler.seed)
+        previous.set_epoch(sampler.epoch - 1)
+        order = [index for _, index in previous]
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return batches[:-1] if self.drop_last and batches and len(batches[-1]) < self.batch_size else batches
 
 
 class Batch(NamedTuple):
