@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes; 0: CPU ms per image")
     parser.add_argument("--batches", type=int, default=30, help="batches timed after the warm-up")
-    parser.add_argument("--warmup", type=int, default=2, help="batches loaded before timing starts (worker start-up)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="batches loaded before timing starts (worker start-up; one epoch: mosaic pools full)")
     parser.add_argument("--images", type=int, default=128, help="images timed for the CPU cost (--workers 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hsv-on-device", action="store_true",
@@ -66,13 +67,14 @@ def cpu_cost(dataset, collate, args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     sampler = EpochSampler(len(dataset), shuffle=True, seed=args.seed)
     batches: list = []
-    while sum(len(b) for b in batches) < args.images + args.batch_size:
+    while len(batches) < args.warmup or sum(len(b) for b in batches[args.warmup:]) < args.images:
         batches += list(PoolBatchSampler(sampler, batch_size=args.batch_size, drop_last=False))
         sampler.set_epoch(sampler.epoch + 1)
-    collate(dataset.__getitems__(batches[0]))  # warm-up
+    for batch in batches[:max(args.warmup, 1)]:
+        collate(dataset.__getitems__(batch))
     images = 0
     start_cpu, start = time.process_time(), time.perf_counter()
-    for batch in batches[1:]:
+    for batch in batches[max(args.warmup, 1):]:
         collate(dataset.__getitems__(batch))
         images += len(batch)
         if images >= args.images:
@@ -80,7 +82,8 @@ def cpu_cost(dataset, collate, args: argparse.Namespace) -> dict:
     cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start
     return {"impl": "yolo-accel", "hsv_on_device": dataset.hsv_on_device,
             "cpu_ms_per_image": round(cpu / images * 1e3, 3),
-            "wall_ms_per_image": round(wall / images * 1e3, 3), "images": images, "img": args.img}
+            "wall_ms_per_image": round(wall / images * 1e3, 3), "images": images, "img": args.img,
+            "warmup": args.warmup}
 
 
 def throughput(args: argparse.Namespace) -> dict:
