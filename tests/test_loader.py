@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_data import HYP, make_split, write_image, write_yaml
 
+import yolo_accel.data.loader as loader_module
 from yolo_accel.data.batch_augment import apply_hsv_batch
 from yolo_accel.data.dataset import POOL_DEPTH, POOL_STRIDE, HeldImages, Key, YoloDataset
 from yolo_accel.data.labels import scan_labels
@@ -297,3 +298,20 @@ def test_held_images_stay_within_their_budget_and_go_with_the_epoch():
     held.keep([Key(1, 4, 15, empty)], decoded | {4: image})
     assert set(held.images) == {3, 4}  # batches after 15 draw from batch 0 on: the previous epoch's are gone
     assert held.start(Key(3, 3, 0, pool)) == {}  # an epoch after another: nothing held serves it
+
+
+def test_freed_memory_goes_back_to_the_os_once_a_worker_has_grown(monkeypatch):
+    assert loader_module.resident_bytes() > 50 << 20  # this process, read from /proc
+    trims, resident = [], [500 << 20]
+    monkeypatch.setattr(loader_module, "_malloc_trim", lambda: trims.append)
+    monkeypatch.setattr(loader_module, "resident_bytes", lambda: resident[0])
+    monkeypatch.setattr(loader_module, "_trim_above", 0)
+    loader_module.release_freed_memory()  # the first call trims and sets the bar 64 MB higher
+    resident[0] += 60 << 20
+    loader_module.release_freed_memory()
+    assert trims == [0]
+    resident[0] += 8 << 20
+    loader_module.release_freed_memory()
+    assert trims == [0, 0] and loader_module._trim_above == resident[0] + loader_module.TRIM_SLACK
+    loader_module.release_freed_memory()
+    assert len(trims) == 2
