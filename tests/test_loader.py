@@ -6,6 +6,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
@@ -94,6 +96,33 @@ def test_sigterm_outside_a_loader_worker_loop_still_ends_the_process():
     process.start()
     process.join(timeout=30)
     assert process.exitcode == -signal.SIGTERM
+
+
+EXIT_WITH_OPEN_LOADER = """
+import sys
+from pathlib import Path
+from test_data import HYP, make_split, write_yaml
+from yolo_accel.data.dataset import YoloDataset
+from yolo_accel.data.labels import scan_labels
+from yolo_accel.data.loader import build_dataloader
+from yolo_accel.data.sources import list_images, load_data_config
+root = Path(sys.argv[1])
+make_split(root, "train")
+cfg = load_data_config(write_yaml(root / "d.yaml", train="images/train", names=["a"]))
+dataset = YoloDataset(scan_labels(list_images(cfg, "train")), imgsz=64, augment=True, hyp=HYP, seed=3)
+loader = build_dataloader(dataset, batch_size=2, workers=2, shuffle=True, seed=3)
+batch = next(iter(loader))  # workers started, the loader left open in a global
+"""
+
+
+def test_a_script_exits_with_a_loader_still_open(tmp_path):
+    """Python's exit signals the workers and waits for them; workers that outlive stop signals must still leave."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", EXIT_WITH_OPEN_LOADER, str(tmp_path / "ds")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr
 
 
 def coloured_images(root, count):

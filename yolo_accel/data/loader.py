@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import functools
+import gc
+import multiprocessing.util
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -15,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler, get_worker_info
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from .dataset import POOL_DEPTH, POOL_STRIDE, Key, YoloDataset
 
@@ -169,6 +173,20 @@ def init_worker(worker_id: int) -> None:
     cv2.setNumThreads(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, outlive_sigterm)
+
+
+@atexit.register  # after multiprocessing's own exit hook (imported above), so it runs first
+def close_loader_workers() -> None:
+    """At interpreter exit, close the workers of every DataLoader still open (a script that took a batch with
+    `next(iter(loader))`, a loop left with `break`, persistent workers kept in a global).
+
+    Python's exit sends SIGTERM to the daemonic worker processes and waits for them; ours outlive that signal
+    until their loader is closing (`init_worker`), so without this the process would wait for ever instead of
+    exiting. Closing them the way DataLoader does (set the done event, join) lets them leave."""
+    if not multiprocessing.active_children():
+        return
+    for iterator in [o for o in gc.get_objects() if issubclass(type(o), _MultiProcessingDataLoaderIter)]:
+        iterator._shutdown_workers()
 
 
 def outlive_sigterm(signum: int, frame: FrameType | None) -> None:
