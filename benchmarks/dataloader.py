@@ -134,7 +134,11 @@ def throughput(args: argparse.Namespace) -> dict:
 
 
 def last_json(command: list[str]) -> dict:
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    """Run a benchmark command; its last stdout line, parsed (and echoed to stderr as each run ends)."""
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    print(result.stdout.strip().splitlines()[-1], file=sys.stderr)  # each run as it ends
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -72,8 +72,11 @@ def train(args: argparse.Namespace) -> dict:
                        "--workers", str(args.workers), "--device", args.device, "--project", project, "--noplots",
                        "--hyp", args.hyp]
             start = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env={**os.environ, "WANDB_MODE": "disabled"})
+            # its checkpoints are pickled modules, which torch>=2.6 refuses to load by default
+            env = {**os.environ, "WANDB_MODE": "disabled", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+            done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            if done.returncode:
+                sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
             walls[epochs] = time.perf_counter() - start
     steady = (walls[args.epochs] - walls[1]) / (args.epochs - 1)
     return {"impl": "yolov5", "epoch_seconds": round(steady, 2), "walls": {k: round(v, 2) for k, v in walls.items()},

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `yolo-accel` sets it, before torch loads OpenMP
 
 import torch
+from dataloader import last_json  # benchmarks/, beside this script
 
 from yolo_accel import engine
 from yolo_accel import train as train_module
@@ -53,11 +54,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     result = alternate(args) if args.reference_python else measure(args)
     print(json.dumps(result))
-
-
-def last_json(command: list[str]) -> dict:
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def alternate(args: argparse.Namespace) -> dict:
@@ -101,10 +97,13 @@ def measure(args: argparse.Namespace) -> dict:
         captured["plan"], captured["training"], captured["loader"] = plan, training, loader
         start = time.perf_counter()
         epoch_starts.append(start)
-        before = images_seen[0]
+        before, cpu_before = images_seen[0], cpu_seconds()
         done = original_epoch(plan, training, counted(loader), *rest, **kwargs)
         loop_seconds.append(time.perf_counter() - start)
         loop_images.append(images_seen[0] - before)
+        cpu_after = cpu_seconds()
+        loop_cpu.append({"main": cpu_after.pop("main") - cpu_before["main"],  # workers: each from its start
+                         "workers": sum(v - cpu_before.get(pid, 0.0) for pid, v in cpu_after.items())})
         return done
 
     original_finish = train_module.finish
@@ -115,6 +114,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     marks: dict[str, float] = {}
     loop_images: list[int] = []
+    loop_cpu: list[dict[str, float]] = []
     train_module.train_one_epoch = timed_epoch  # time the loop the trainer really runs
     train_module.finish = timed_finish
     with tempfile.TemporaryDirectory() as project:
@@ -136,12 +136,29 @@ def measure(args: argparse.Namespace) -> dict:
         "epoch_seconds": round(sum(epoch_seconds[1:]) / len(epoch_seconds[1:]), 2),  # steady state
         "first_epoch_seconds": round(epoch_seconds[0], 2),
         "train_loop_seconds_per_epoch": round(sum(loop_seconds[1:]) / len(loop_seconds[1:]), 2),
+        # share of the CPU time spent in the loop that the loader workers used (steady state); the rest is the
+        # training process (model, loss, optimizer). Robust where the machine's speed drifts between measurements
+        "loader_cpu_share": round(sum(c["workers"] for c in loop_cpu[1:]) /
+                                  max(sum(c["workers"] + c["main"] for c in loop_cpu[1:]), 1e-9), 4),
         "total_seconds": round(total, 2),
         "epochs": args.epochs, "batch_size": args.batch_size, "img": args.img, "cfg": args.cfg, "data": args.data,
         "workers": args.workers, "device": str(captured["plan"].accelerator.device),
         "mixed_precision": captured["plan"].accelerator.mixed_precision, "torch_threads": torch.get_num_threads(),
     }
     return result
+
+
+def cpu_seconds() -> dict:
+    """CPU seconds used so far by this process (all threads, "main") and by each live child process (the
+    loader's workers, by pid), from /proc (Linux; elsewhere no workers are counted)."""
+    used: dict = {"main": time.process_time()}
+    for child in multiprocessing.active_children():
+        try:
+            fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            used[child.pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return used
 
 
 def measure_ceiling(plan, training, loader, batches: int) -> float:
