@@ -3,11 +3,14 @@
     ../shared/tools/setup_reference.sh DIR        # the PyPI package yolov5==7.0.14, patched to run offline
     DIR/bin/python benchmarks/reference.py loader --data DATA.yaml --img 640 --batch-size 16 --workers 2
     DIR/bin/python benchmarks/reference.py train --data DATA.yaml --cfg yolov5n.yaml --img 320 --epochs 3
+    DIR/bin/python benchmarks/reference.py val --data DATA.yaml --weights YOLOV5.pt --img 320 --batch-size 32
 
 `loader` times YOLOv5's create_dataloader / LoadImagesAndLabels as benchmarks/dataloader.py times ours (or, with
 --workers 0, the CPU time per image in one process); `train` runs `yolov5 train` twice, for 1 and for --epochs
 epochs, and reports the steady-state seconds per epoch from the difference (setup, the first epoch's warm-up
-and the final validation cancel out). The last stdout line is one JSON object. Never imported by yolo-accel.
+and the final validation cancel out); `val` times the second of two `yolov5 val` passes, as benchmarks/val.py
+times ours (give ours the same weights through `yolo-accel convert`). The last stdout line is one JSON object.
+Never imported by yolo-accel.
 """
 
 from __future__ import annotations
@@ -83,9 +86,31 @@ def train(args: argparse.Namespace) -> dict:
             "epochs": args.epochs, "img": args.img, "batch_size": args.batch_size, "cfg": args.cfg}
 
 
+def val(args: argparse.Namespace) -> dict:
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # its checkpoints are pickled modules
+    import yaml
+    from yolov5 import val as yolov5_val
+    from yolov5.utils.dataloaders import IMG_FORMATS
+
+    data = yaml.safe_load(Path(args.data).read_text())
+    folder = Path(data.get("path", Path(args.data).parent)) / data["val"]
+    images = sum(1 for f in folder.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
+    seconds = []
+    with tempfile.TemporaryDirectory() as project:
+        for _ in range(2):  # the first pass warms the label cache, page cache and allocator; the second is timed
+            start = time.perf_counter()
+            results, *_ = yolov5_val.run(data=args.data, weights=args.weights, batch_size=args.batch_size,
+                                      imgsz=args.img, workers=args.workers, device=args.device,
+                                      project=project, plots=False)
+            seconds.append(time.perf_counter() - start)
+    return {"impl": "yolov5", "images_per_s": round(images / seconds[-1], 2), "val_seconds": round(seconds[-1], 3),
+            "images": images, "mAP50": round(float(results[2]), 4), "mAP50-95": round(float(results[3]), 4),
+            "img": args.img, "batch_size": args.batch_size, "workers": args.workers}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["loader", "train"])
+    parser.add_argument("what", choices=["loader", "train", "val"])
     parser.add_argument("--data", required=True)
     hyps = Path(__file__).resolve().parent.parent / "configs" / "hyps"
     parser.add_argument("--hyp", default=str(hyps / "hyp.scratch-low.yaml"))
@@ -99,8 +124,9 @@ def main() -> None:
     parser.add_argument("--cfg", default="yolov5n.yaml")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--weights", help="val: a YOLOv5 checkpoint (.pt)")
     args = parser.parse_args()
-    result = loader(args) if args.what == "loader" else train(args)
+    result = {"loader": loader, "train": train, "val": val}[args.what](args)
     print(json.dumps(result))
 
 
