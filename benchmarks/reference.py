@@ -75,9 +75,8 @@ def train(args: argparse.Namespace) -> dict:
                        "--workers", str(args.workers), "--device", args.device, "--project", project, "--noplots",
                        "--hyp", args.hyp]
             start = time.perf_counter()
-            # its checkpoints are pickled modules, which torch>=2.6 refuses to load by default
-            env = {**os.environ, "WANDB_MODE": "disabled", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-            done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "WANDB_MODE": "disabled"})
             if done.returncode:
                 sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
             walls[epochs] = time.perf_counter() - start
@@ -87,7 +86,6 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def val(args: argparse.Namespace) -> dict:
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # its checkpoints are pickled modules
     import yaml
     from yolov5 import val as yolov5_val
     from yolov5.utils.dataloaders import IMG_FORMATS
@@ -126,6 +124,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", help="val: a YOLOv5 checkpoint (.pt)")
     args = parser.parse_args()
+    # YOLOv5's checkpoints are pickled modules, which torch>=2.6 refuses to load by default (here and in the
+    # `yolov5 train` runs started from here)
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     result = {"loader": loader, "train": train, "val": val}[args.what](args)
     print(json.dumps(result))
 
