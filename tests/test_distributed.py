@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from yolo_accel.data.demo import write_demo_dataset
 from yolo_accel.results import read_results
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--mixed_precision", "no", "--dynamo_backend", "no"]
+DDP = [*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
 pytestmark = pytest.mark.slow
 
 
@@ -49,6 +52,45 @@ def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     return float(num / sum((a[k].double() ** 2).sum() for k in keys) ** 0.5)
 
 
+def latest_snapshot(run_dir: Path) -> Path:
+    return run_dir / "state" / json.loads((run_dir / "state" / "latest.json").read_text())["name"]
+
+
+def snapshot_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Model, EMA and optimizer tensors of the latest snapshot."""
+    snapshot = latest_snapshot(run_dir)
+    return {f"{part}.{k}": v for part in ("model", "ema", "optimizer")
+            for k, v in load_file(str(snapshot / f"{part}.safetensors")).items()}
+
+
+def launch(launcher: list[str], data: Path, project: Path, *extra: str) -> list[str]:
+    return [*launcher, "--main_process_port", str(free_port()), *train_args(data, project), *extra]
+
+
+def stop_mid_epoch_and_resume(launcher: list[str], data: Path, tmp_path: Path) -> None:
+    """SIGTERM to the launch inside epoch 1, then --resume: the run ends where a straight one does (each process's
+    gradients accumulated since the last optimizer step are saved and restored)."""
+    run(launch(launcher, data, tmp_path / "a", "--epochs", "2", "--batch-size", "4"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    victim = subprocess.Popen(launch(launcher, data, tmp_path / "b", "--epochs", "2", "--batch-size", "4"), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run_dir = tmp_path / "b" / "exp"
+    deadline = time.time() + 300
+    while not (run_dir / "state" / "latest.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGTERM)  # the launcher passes it on to the training processes
+    output = victim.communicate(timeout=300)[0]
+    loop = json.loads((latest_snapshot(run_dir) / "trainer.json").read_text())["loop"]
+    assert loop["epoch"] == 1 and loop["batch"] > 0, output[-3000:]
+    if loop["step"] - 1 > loop["last_opt_step"]:  # stopped between optimizer steps: each process's part kept
+        assert sorted(p.name for p in latest_snapshot(run_dir).glob("grads_*")) == ["grads_0.safetensors",
+                                                                                   "grads_1.safetensors"]
+    resumed = run([*launcher, "--main_process_port", str(free_port()), str(ROOT / "cli.py"), "train", "--resume",
+                   str(run_dir)])
+    assert f"at epoch 1, batch {loop['batch']}" in resumed.stdout
+    assert relative_difference(snapshot_tensors(tmp_path / "a" / "exp"), snapshot_tensors(run_dir)) < 1e-7
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,6 +117,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(data, tmp_pa
     assert relative_difference(final_model(runs[0]), final_model(runs[1])) < 0.02
     losses = [read_results(r / "results.csv")[-1]["train/box_loss"] for r in runs]
     assert abs(losses[0] - losses[1]) / losses[0] < 0.1
+
+
+def test_ddp_stopped_mid_epoch_resumes_from_that_batch(data, tmp_path):
+    stop_mid_epoch_and_resume(DDP, data, tmp_path)
 
 
 def test_two_nodes_on_loopback_equal_two_local_processes(data, tmp_path):

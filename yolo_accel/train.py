@@ -222,6 +222,7 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None) -> Path:
                 if training.loop.batch:
                     loader = run.accelerator.skip_first_batches(data.train_loader, training.loop.batch)
                 loader.set_epoch(epoch)
+                data.sampler.set_epoch(epoch)  # also under a multi-process skip, where set_epoch does not reach it
                 notify(run, training, "on_train_epoch_start")
                 on_batch = batch_hooks(run, training, plot=run.plots and epoch == 0)
                 if not train_one_epoch(plan, training, loader, run.config.epochs, lambda: stop_request.requested,
