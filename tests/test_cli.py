@@ -98,4 +98,5 @@ def test_evolve_under_a_process_group_and_fsdp_are_refused(monkeypatch, tmp_path
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     result = runner.invoke(app, ["train", "--epochs", "1", "--project", str(tmp_path)])
-    assert result.exit_code == 1 and "FSDP is not supported: DDP is the multi-GPU mode" in result.output
+    assert result.exit_code == 1 and "FSDP was requested" in result.output and "accelerate launch" in result.output
+    assert not list(tmp_path.iterdir())  # refused before a run folder was made

@@ -21,6 +21,7 @@ from torch import nn
 
 from .boxes import xywh_to_xyxy
 from .data.batch_augment import apply_hsv_batch
+from .distributed import is_sharded
 from .metrics import ConfusionMatrix, DetectionMetrics, DetectionStats, coco_iou_thresholds
 from .nms import non_max_suppression, scale_boxes
 from .optim import Warmup
@@ -243,8 +244,9 @@ def train_one_epoch(plan: StepPlan, training: TrainingState, loader: Iterable, e
                 images = F.interpolate(images, size=new_shape, mode="bilinear", align_corners=False)
 
         will_step = step - state.last_opt_step >= accumulate
-        sync = accelerator.no_sync(model) if not will_step and accelerator.num_processes > 1 else nullcontext()
-        with sync:
+        # FSDP reduces at every backward: the accumulated gradients are then the sharded .grad (see distributed.py)
+        skip_sync = not will_step and accelerator.num_processes > 1 and not is_sharded(accelerator)
+        with accelerator.no_sync(model) if skip_sync else nullcontext(), accelerator.autocast():
             predictions = model(images)
             loss, loss_items = plan.criterion([p.float() for p in predictions], targets.to(device))
             # yolov5 parity: DDP averages gradients over processes; YOLOv5 multiplies the loss back

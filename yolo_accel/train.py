@@ -34,6 +34,7 @@ from .data.dataset import YoloDataset, check_labels, labels_to_class_weights, la
 from .data.labels import scan_labels
 from .data.loader import EpochSampler, build_dataloader
 from .data.sources import DataConfig, list_images, load_data_config
+from .distributed import broadcast_module, check_fsdp_launch, enable_fsdp, fsdp_requested, is_sharded, shard_model
 from .ema import ModelEMA
 from .engine import StepPlan, any_process, evaluate, format_results, new_accelerator, train_one_epoch
 from .files import FolderInUse, atomic_write, exclusive_use, increment_path
@@ -287,10 +288,10 @@ def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
     config = config.for_model(anchor_free)
     hyp = Hyp.from_values(load_hyp(config.hyp))
     unused = check_hyp_for_model(hyp.values, anchor_free, config.hyp)
-    for variable, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(variable, "").lower() in ("1", "true"):
-            raise ConfigError(f"{what} is not supported: DDP is the multi-GPU mode for models this size (they fit "
-                              f"on one GPU, so sharding only adds communication); launch with --multi_gpu")
+    check_fsdp_launch()
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        raise ConfigError("DeepSpeed is not supported: launch with DDP (--multi_gpu) or FSDP "
+                          "(configs/accelerate/fsdp.yaml)")
     # without CUDA, Accelerate needs cpu=True to form a multi-process (gloo) group from `accelerate launch`
     use_cpu = config.device == "cpu" or not torch.cuda.is_available()
     mixed_precision = choose_mixed_precision(config.mixed_precision, use_cpu)
@@ -323,6 +324,8 @@ def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
                                   project_config=ProjectConfiguration(project_dir=str(save_dir),
                                                                       logging_dir=str(save_dir)),
                                   dataloader_config=DataLoaderConfiguration(even_batches=True))
+    if fsdp_requested():
+        enable_fsdp(accelerator)
     set_seed(config.seed + 1 + accelerator.process_index, deterministic=True)
     if accelerator.is_main_process:
         LOGGER.info("hyperparameters: " + ", ".join(f"{k}={v:g}" for k, v in hyp.values.items()))
@@ -433,6 +436,16 @@ def build_training_state(run: Run, model: DetectionModel, data: Data) -> tuple[T
         choose_optimizer(run, len(data.train_set), data.batch_size)
         config, hyp = run.config, run.hyp
     weight_decay = scaled_weight_decay(hyp.optimizer.weight_decay, data.batch_size)
+    if config.sync_bn and accelerator.num_processes > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        LOGGER.info("Using SyncBatchNorm()")
+    ema = None
+    if not is_sharded(accelerator):  # (FSDP2 shards only dense parameters; channels_last images still lead)
+        model = model.to(memory_format=torch.channels_last)  # ~20% faster convolutions on CPU, tensor-core friendly
+    else:  # the EMA from the whole model, then it follows the shards
+        broadcast_module(model, accelerator)
+        ema = ModelEMA(model)
+        shard_model(model, accelerator)
     optimizer = build_optimizer(model, config.optimizer, hyp.optimizer.lr0, hyp.optimizer.momentum, weight_decay)
     if accelerator.is_main_process:
         biases, weights, norms = (len(g["params"]) for g in optimizer.param_groups)
@@ -440,13 +453,13 @@ def build_training_state(run: Run, model: DetectionModel, data: Data) -> tuple[T
                     f"{norms} weight(decay=0.0), {weights} weight(decay={weight_decay:g}), {biases} bias")
     lr_factor = lr_lambda(config.epochs, hyp.optimizer.lrf, cosine=config.cos_lr)
     scheduler = LambdaLR(optimizer, lr_lambda=lr_factor)
-    if config.sync_bn and accelerator.num_processes > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        LOGGER.info("Using SyncBatchNorm()")
-    model = model.to(memory_format=torch.channels_last)  # ~20% faster convolutions on CPU, tensor-core friendly
     prepared, optimizer, data.train_loader = accelerator.prepare(model, optimizer, data.train_loader)
     unwrapped = accelerator.unwrap_model(prepared)
-    training = TrainingState(prepared, unwrapped, ModelEMA(unwrapped), optimizer, scheduler, accelerator.scaler,
+    if ema is None:
+        ema = ModelEMA(unwrapped)
+    else:
+        ema.follow_shards(unwrapped)
+    training = TrainingState(prepared, unwrapped, ema, optimizer, scheduler, accelerator.scaler,
                              EarlyStopping(config.patience), config.epochs, python_rng, maps=np.zeros(run.nc))
     batches_per_epoch = len(data.train_loader)
     warmup = Warmup.plan(hyp.warmup, hyp.optimizer.momentum, batches_per_epoch, data.batch_size,
@@ -537,6 +550,7 @@ def end_epoch(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> 
     epoch = loop.epoch
     lrs = [g["lr"] for g in training.optimizer.param_groups]
     training.scheduler.step()
+    training.ema.gather()  # whole on every process (FSDP)
     final_epoch = epoch + 1 == config.epochs or training.stopper.possible_stop
     notify(run, training, "on_train_epoch_end", losses=list(loop.mean_loss), lrs=lrs)
     results = (0.0,) * 7
@@ -587,8 +601,9 @@ def save_state(run: Run, training: TrainingState) -> None:
     if run.config.nosave:
         return
     accelerator = run.accelerator
+    state = training.state_dict()  # on every process: gathering a sharded model's is collective
     save_snapshot(run.paths.state, training.loop.step, accelerator.process_index,
-                  training.state_dict if accelerator.is_main_process else None, training.rng,
+                  (lambda: state) if accelerator.is_main_process else None, training.rng,
                   training.pending_gradients(), accelerator.wait_for_everyone,
                   lambda failed: any_process(accelerator, failed)[0])
 

@@ -18,6 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distributed import (
+    from_local,
+    full_optimizer_state,
+    full_state_dict,
+    load_full_optimizer_state,
+    load_full_state_dict,
+    local_tensor,
+)
 from .ema import ModelEMA
 
 LOGGER = logging.getLogger("yolo_accel")
@@ -76,11 +84,13 @@ class TrainingState:
     maps: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def state_dict(self) -> dict[str, Any]:
-        """{"model", "ema", "optimizer": state dicts; "trainer": JSON-able counters, schedule, scaler, stopper}."""
+        """{"model", "ema", "optimizer": state dicts; "trainer": JSON-able counters, schedule, scaler, stopper}.
+        Full tensors also when the model is sharded (FSDP): then every process must call it."""
+        self.ema.gather()
         return {
-            "model": self.unwrapped.state_dict(),
+            "model": full_state_dict(self.unwrapped),
             "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": full_optimizer_state(self.optimizer),
             "trainer": {
                 "loop": asdict(self.loop),
                 "scheduler": self.scheduler.state_dict(),
@@ -93,11 +103,10 @@ class TrainingState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The inverse of state_dict(); the model's tensors must fit (check them first: checkpoint.check_state_dict)."""
-        own = self.unwrapped.state_dict()
-        self.unwrapped.load_state_dict({k: v.to(own[k].dtype) for k, v in state["model"].items()})
+        load_full_state_dict(self.unwrapped, state["model"])
         if state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_full_optimizer_state(self.optimizer, state["optimizer"])
         trainer = state["trainer"]
         self.loop = LoopState(**trainer["loop"])
         self.scheduler.load_state_dict(trainer["scheduler"])
@@ -109,14 +118,14 @@ class TrainingState:
         self.planned_epochs = trainer["planned_epochs"]
 
     def pending_gradients(self) -> dict[str, torch.Tensor]:
-        """Gradients summed since the last optimizer step (this process's own, under no_sync); empty right after a
-        step."""
+        """Gradients summed since the last optimizer step (this process's own, under no_sync; under FSDP its shard of
+        the reduced ones); empty right after a step."""
         if self.loop.step - 1 <= self.loop.last_opt_step:
             return {}
-        return {k: p.grad for k, p in self.unwrapped.named_parameters() if p.grad is not None}
+        return {k: local_tensor(p.grad) for k, p in self.unwrapped.named_parameters() if p.grad is not None}
 
     def load_pending_gradients(self, gradients: dict[str, torch.Tensor]) -> None:
-        """Put saved pending gradients back, each in its parameter's device and memory layout."""
+        """Put saved pending gradients back, each in its parameter's device, memory layout and sharding."""
         for key, grad in gradients.items():
             param = self.unwrapped.get_parameter(key)
-            param.grad = torch.empty_like(param).copy_(grad)
+            param.grad = from_local(torch.empty_like(local_tensor(param)).copy_(grad), param)

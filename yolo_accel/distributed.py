@@ -1,0 +1,152 @@
+"""FSDP on top of Accelerate: switching it on (CPU processes too), sharding a detector, full state of a sharded one.
+
+Accelerate 1.16 enables FSDP only for GPU launches: launched with an FSDP config on CPU processes, its state comes up
+as MULTI_CPU over gloo, where torch's FSDP2 (`fully_shard`) runs as well. `enable_fsdp` is the one place that
+switches such a state to FSDP; on GPUs Accelerate has done it already.
+
+Sharding is FSDP2's, one unit per layer of `model.model` (a layer's parameters are gathered for its forward and
+backward and freed after). Mixed precision stays what it is without FSDP, autocast, with parameters gathered and
+gradients reduced in fp32: the same arithmetic as DDP (so an FSDP run equals a DDP run), BatchNorm statistics and
+the detection head in fp32. Gradients are reduced at every backward (no `no_sync`), so the gradients accumulated
+towards YOLOv5's nominal batch are ordinary sharded `.grad` tensors, saved and restored with the training state.
+
+Weights and training state written by a sharded run are full tensors, the same files as any other run's: the
+helpers here gather them (every process must call them) and scatter them back.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from torch import nn
+
+from .config import ConfigError
+
+try:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # torch < 2.4: no FSDP2
+    DTensor, distribute_tensor = (), None
+
+
+NOT_LAUNCHED = ("FSDP was requested (ACCELERATE_USE_FSDP) but this is not a multi-process launch; start it with "
+                "`accelerate launch --config_file configs/accelerate/fsdp.yaml cli.py train ...`")
+
+
+def fsdp_requested() -> bool:
+    """The launch asked for FSDP (`accelerate launch` with `distributed_type: FSDP` sets this)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
+def check_fsdp_launch() -> None:
+    """FSDP asked for outside a launcher (the variable set by hand, or a script run directly): refuse before anything
+    is made. A launch with one process is fine: FSDP then shards over one."""
+    if fsdp_requested() and "LOCAL_RANK" not in os.environ:
+        raise ConfigError(NOT_LAUNCHED)
+
+
+def enable_fsdp(accelerator: Accelerator) -> FullyShardedDataParallelPlugin:
+    """Make the state FSDP when the launch asked for it; the seam for CPU processes (see the module docstring)."""
+    state = accelerator.state
+    if state.distributed_type == DistributedType.FSDP:
+        plugin = state.fsdp_plugin
+    elif state.distributed_type == DistributedType.MULTI_CPU:
+        plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* variables, as Accelerate builds it
+        state.distributed_type = DistributedType.FSDP
+        state.fsdp_plugin = plugin
+    else:
+        raise ConfigError(NOT_LAUNCHED)
+    if plugin.fsdp_version != 2 or distribute_tensor is None:
+        raise ConfigError("FSDP needs fsdp_version: 2 in the accelerate config (FSDP2, torch >= 2.4); FSDP1 is not "
+                          "supported")
+    return plugin
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def broadcast_module(module: nn.Module, accelerator: Accelerator) -> None:
+    """Every process takes the main process's parameters and buffers (what DDP does when it wraps a model; each
+    process built its model from its own seed). On the accelerator's device."""
+    module.to(accelerator.device)
+    for tensor in module.state_dict().values():
+        dense = tensor.contiguous()  # a channels_last weight is sent as a dense copy
+        torch.distributed.broadcast(dense, src=0)
+        if dense is not tensor:
+            tensor.copy_(dense)
+
+
+def shard_model(model: nn.Module, accelerator: Accelerator) -> nn.Module:
+    """FSDP2 in place: each layer of `model.model` that has parameters is one unit, then the whole model (the root,
+    which owns nothing left). Call before building the optimizer; Accelerate's prepare() then finds it sharded."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    plugin = accelerator.state.fsdp_plugin
+    mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
+    options = {"mesh": mesh, "reshard_after_forward": plugin.reshard_after_forward,
+               "mp_policy": MixedPrecisionPolicy(reduce_dtype=torch.float32)}  # compute precision: autocast's
+    if plugin.cpu_offload is not None:
+        options["offload_policy"] = plugin.cpu_offload
+    for layer in model.model:
+        if any(True for _ in layer.parameters()):
+            fully_shard(layer, **options)
+    fully_shard(model, **options)
+    return model
+
+
+def full_tensor(value: Any) -> Any:
+    """A DTensor gathered whole (a collective: every process calls it, in the same order); anything else as it is."""
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def sharded_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`full` cut into this process's shard the way `like` (a DTensor) is; no communication."""
+    if not isinstance(like, DTensor):
+        return full
+    return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """module.state_dict() with every sharded tensor gathered (collective)."""
+    return {k: full_tensor(v) for k, v in module.state_dict().items()}
+
+
+def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load full tensors into a (possibly sharded) module: each process keeps its shard."""
+    own = module.state_dict()
+    module.load_state_dict({k: sharded_like(v.to(own[k].dtype), own[k]) for k, v in state.items()})
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """optimizer.state_dict() with sharded tensors (momentum, Adam's moments) gathered (collective): the same
+    format as an unsharded optimizer's, parameters numbered in group order."""
+    state = optimizer.state_dict()
+    return {"state": {pid: {k: full_tensor(v) for k, v in entries.items()} for pid, entries in state["state"].items()},
+            "param_groups": state["param_groups"]}
+
+
+def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """The inverse of full_optimizer_state: each state tensor of a sharded parameter cut like it."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.load_state_dict({
+        "state": {pid: {k: sharded_like(v, params[int(pid)]) if isinstance(v, torch.Tensor) and v.dim() else v
+                        for k, v in entries.items()} for pid, entries in state["state"].items()},
+        "param_groups": state["param_groups"]})
+
+
+def local_tensor(value: torch.Tensor) -> torch.Tensor:
+    """This process's part of a DTensor (its storage), or the tensor itself."""
+    return value.to_local() if isinstance(value, DTensor) else value
+
+
+def from_local(local: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped and sharded like `like` (a DTensor) whose part on this process is `local`."""
+    if not isinstance(like, DTensor):
+        return local
+    return DTensor.from_local(local.to(like.device, like.dtype), like.device_mesh, like.placements,
+                              shape=like.shape, stride=like.stride(), run_check=False)
