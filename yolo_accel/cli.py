@@ -130,6 +130,8 @@ def train(
     patience: Annotated[int, typer.Option(help="early stopping patience (epochs without improvement)")] = 100,
     freeze: Annotated[str, typer.Option(help="freeze the first N layers (10 = backbone) or layers 0,1,2")] = "0",
     save_period: Annotated[int, typer.Option(help="save weights every N epochs (disabled if < 1)")] = -1,
+    snapshot_interval: Annotated[str, typer.Option(
+        help="also save the resumable state inside epochs: every N batches (500) or minutes (30m)")] = "",
     seed: Annotated[int, typer.Option(help="global training seed")] = 0,
     close_mosaic: Annotated[int | None, typer.Option(help="train the last N epochs without mosaic "
                                                      "[default: 0; 10 for YOLOv5u models]")] = None,
@@ -156,7 +158,7 @@ def train(
     from .data.sources import DataError
     from .engine import NonFiniteLoss
     from .state import StateError
-    from .train import TrainingInterrupted
+    from .train import ProcessLost, TrainingInterrupted
     from .train import train as run_training
 
     config = TrainConfig(
@@ -165,7 +167,8 @@ def train(
         noplots=noplots, cache=cache, image_weights=image_weights, multi_scale=multi_scale, single_cls=single_cls,
         optimizer=optimizer, sync_bn=sync_bn, workers=workers, project=project, name=name, exist_ok=exist_ok,
         cos_lr=cos_lr, label_smoothing=label_smoothing, patience=patience, freeze=parse_freeze(freeze),
-        save_period=save_period, seed=seed, close_mosaic=close_mosaic, mixed_precision=mixed_precision,
+        save_period=save_period, snapshot_interval=snapshot_interval, seed=seed, close_mosaic=close_mosaic,
+        mixed_precision=mixed_precision,
         device=device, log_with=log_with, quad=quad, save_fp32=save_fp32)
     try:
         if evolve:
@@ -177,6 +180,8 @@ def train(
             run_training(config)
     except TrainingInterrupted:
         raise typer.Exit(0) from None  # a deliberate stop: the state is saved and the message says how to resume
+    except ProcessLost as err:  # one line, from one survivor
+        fail(str(err)) if err.report else sys.exit(1)
     except (ConfigError, WeightsError, DataError, StateError, NonFiniteLoss) as err:
         fail(str(err))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -224,6 +225,15 @@ DEMO_DEFAULTS = {"epochs": 50, "imgsz": 128}
 DEFAULTS = {"epochs": 100, "imgsz": 640}  # YOLOv5's defaults for any other dataset
 
 
+def parse_snapshot_interval(text: str) -> tuple[int, float] | None:
+    """--snapshot-interval: "" (off) -> (0, 0); "500" -> every 500 batches; "30m" / "30min" -> every 30 minutes;
+    None if it is neither."""
+    match = re.fullmatch(r"\s*(\d+)\s*(m|min|minutes?)?\s*", text or "0")
+    if match is None or (int(match[1]) == 0 and text not in ("", "0")):
+        return None
+    return (0, float(match[1])) if match[2] else (int(match[1]), 0.0)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every `yolo-accel train` option (YOLOv5 train.py names); written to the run folder as opt.yaml."""
@@ -264,6 +274,7 @@ class TrainConfig:
     quad: bool = False  # YOLOv5's --quad: four images per training sample at twice the size
     save_fp32: bool = False  # weights files in fp32 (default: fp16, as YOLOv5 strips them)
     candidate: bool = False  # an evolve candidate: weights only at the end and no final validation (as YOLOv5)
+    snapshot_interval: str = ""  # also save the training state every N batches ("500") or minutes ("30m"); off: ""
 
     def for_model(self, anchor_free: bool) -> TrainConfig:
         """The recipe defaults that depend on the model: YOLOv5's, or Ultralytics 8's for YOLOv5u models."""
@@ -291,6 +302,8 @@ class TrainConfig:
             (config.batch_size >= 1 or config.batch_size == -1, "--batch-size must be positive, or -1 for AutoBatch"),
             (config.imgsz >= 32, "--imgsz must be at least 32"),
             (0 <= config.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+            (parse_snapshot_interval(config.snapshot_interval) is not None,
+             f"--snapshot-interval takes batches (500) or minutes (30m), got {config.snapshot_interval!r}"),
         ]
         check_options(*checks)
         return config

@@ -17,6 +17,9 @@ helpers here gather them (every process must call them) and scatter them back.
 from __future__ import annotations
 
 import os
+import socket
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -150,3 +153,99 @@ def from_local(local: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return local
     return DTensor.from_local(local.to(like.device, like.dtype), like.device_mesh, like.placements,
                               shape=like.shape, stride=like.stride(), run_check=False)
+
+
+# torch elastic (`accelerate launch --max_restarts N`): a restarted launch continues its own run
+
+RUN_FOLDER_KEY = "yolo-accel/run-folder"
+
+
+def restart_count() -> int:
+    """How many times torch elastic has restarted this launch's processes (0: the first attempt)."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def launcher_store(timeout: timedelta = timedelta(seconds=60)):
+    """The key-value store of the launcher's agent (torchrun's, as `accelerate launch` runs it), which outlives the
+    training processes it restarts and is reachable from every machine of the launch; None outside such a launch."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
+        return None
+    return torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                      timeout=timeout, wait_for_workers=False)
+
+
+def join_restarted_group(use_cpu: bool) -> None:
+    """Form the process group of a restarted attempt. The launcher's store still holds the first attempt's keys,
+    which torch's default rendezvous reads again (gloo then fails with "connectFullMesh failed ... Connection
+    refused", or waits for ever on an address that is gone), so each attempt's processes meet under a prefix of
+    their own. Accelerate then finds the group formed."""
+    store = launcher_store(timeout=timedelta(minutes=30))  # the default process group timeout
+    if store is None or torch.distributed.is_initialized():
+        return
+    torch.distributed.init_process_group("gloo" if use_cpu else "nccl",
+                                         store=torch.distributed.PrefixStore(f"yolo-accel/attempt-{restart_count()}",
+                                                                             store),
+                                         rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+
+
+def remember_run_folder(folder: Path) -> None:
+    """Record the run folder for the launcher's later restarts (main process, once the folder is chosen)."""
+    store = launcher_store()
+    if store is not None:
+        store.set(RUN_FOLDER_KEY, str(folder.resolve()))
+
+
+def restarted_run_folder() -> Path | None:
+    """The run folder an earlier attempt of this launch trained into, when torch elastic has restarted it."""
+    if restart_count() == 0:
+        return None
+    store = launcher_store()
+    if store is None or not store.check([RUN_FOLDER_KEY]):
+        return None
+    return Path(store.get(RUN_FOLDER_KEY).decode())
+
+
+def process_key(rank: int) -> str:
+    return f"yolo-accel/attempt-{restart_count()}/process-{rank}"
+
+
+def register_process() -> None:
+    """Leave this process's host and pid in the launcher's store, so a survivor can tell which one was lost."""
+    store = launcher_store() if "RANK" in os.environ else None
+    if store is not None:
+        store.set(process_key(int(os.environ["RANK"])), f"{socket.gethostname()} {os.getpid()}")
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or only its exit status left (a zombie its launcher has not reaped yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def lost_ranks(world_size: int) -> tuple[list[int], bool]:
+    """The ranks of this launch whose process is gone, as far as this machine can see; and whether it could see
+    every rank (those on other machines, or all when the launcher's store is gone, cannot be checked)."""
+    try:
+        store = launcher_store(timeout=timedelta(seconds=5))
+        entries = {rank: store.get(process_key(rank)).decode().split() for rank in range(world_size)} if store else {}
+    except (RuntimeError, ValueError):  # the store went with its machine
+        return [], False
+    host = socket.gethostname()
+    lost = [rank for rank, (where, pid) in entries.items() if where == host and process_gone(int(pid))]
+    return lost, len(entries) == world_size and all(where == host for where, _ in entries.values())
+
+
+def is_lost_peer(error: BaseException) -> bool:
+    """A collective failed because another process of the group went away (its connection closed or reset)."""
+    if isinstance(error, getattr(torch.distributed, "DistNetworkError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("gloo" in text.lower() or "nccl" in text.lower()) and any(
+        s in text for s in ("Connection reset", "Connection closed", "Broken pipe", "Connection refused",
+                            "Timeout", "timed out", "remote process exited"))

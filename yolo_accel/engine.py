@@ -212,9 +212,11 @@ def should_stop_now(accelerator: Accelerator, requested: bool) -> bool:
 def train_one_epoch(plan: StepPlan, training: TrainingState, loader: Iterable, epochs: int,
                     stop_requested: Callable[[], bool],
                     on_batch: Callable[[int, torch.Tensor, torch.Tensor, tuple], None] | None = None,
-                    show_progress: bool = True) -> bool:
+                    show_progress: bool = True, snapshot_due: Callable[[int], bool] | None = None,
+                    save_snapshot: Callable[[], None] | None = None) -> bool:
     """Train from `training.loop.batch` to the end of the epoch; returns False if interrupted (the loop state
-    points at the next batch to run), True when the epoch completed."""
+    points at the next batch to run), True when the epoch completed. After a batch for which `snapshot_due(step)`
+    is true on any process, every process calls `save_snapshot()`."""
     accelerator, model, optimizer = plan.accelerator, training.model, training.optimizer
     state = training.loop
     device = accelerator.device
@@ -271,7 +273,8 @@ def train_one_epoch(plan: StepPlan, training: TrainingState, loader: Iterable, e
             bar.update(1)
         if on_batch is not None:  # (batch number in the epoch, images 0-1, targets, paths)
             on_batch(state.batch - 1, images, targets, paths)
-        stop, diverged = any_process(accelerator, stop_requested(), not math.isfinite(sum(state.mean_loss)))
+        stop, diverged, snapshot = any_process(accelerator, stop_requested(), not math.isfinite(sum(state.mean_loss)),
+                                               snapshot_due is not None and snapshot_due(state.step))
         if diverged:
             bar.close()
             names = ", ".join(getattr(plan.criterion, "loss_names", LOSS_NAMES))
@@ -281,6 +284,8 @@ def train_one_epoch(plan: StepPlan, training: TrainingState, loader: Iterable, e
         if stop:
             bar.close()
             return False
+        if snapshot and save_snapshot is not None and state.batch < plan.batches_per_epoch:  # the epoch's end saves
+            save_snapshot()
     bar.close()
     return True
 

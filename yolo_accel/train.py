@@ -29,12 +29,34 @@ from torch.utils.data import DataLoader
 
 from .callbacks import Callbacks
 from .checkpoint import WeightsError, check_state_dict, read_any_weights, save_weights, transfer_weights
-from .config import ConfigError, Hyp, TrainConfig, check_hyp_for_model, load_hyp, read_yaml
+from .config import (
+    ConfigError,
+    Hyp,
+    TrainConfig,
+    check_hyp_for_model,
+    load_hyp,
+    parse_snapshot_interval,
+    read_yaml,
+)
 from .data.dataset import YoloDataset, check_labels, labels_to_class_weights, labels_to_image_weights
 from .data.labels import scan_labels
 from .data.loader import EpochSampler, build_dataloader
 from .data.sources import DataConfig, list_images, load_data_config
-from .distributed import broadcast_module, check_fsdp_launch, enable_fsdp, fsdp_requested, is_sharded, shard_model
+from .distributed import (
+    broadcast_module,
+    check_fsdp_launch,
+    enable_fsdp,
+    fsdp_requested,
+    is_lost_peer,
+    is_sharded,
+    join_restarted_group,
+    lost_ranks,
+    register_process,
+    remember_run_folder,
+    restart_count,
+    restarted_run_folder,
+    shard_model,
+)
 from .ema import ModelEMA
 from .engine import StepPlan, any_process, evaluate, format_results, new_accelerator, train_one_epoch
 from .files import FolderInUse, atomic_write, exclusive_use, increment_path
@@ -212,31 +234,96 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None) -> Path:
         start(run, data)
         run.started, run.first_epoch = time.time(), training.loop.epoch
         notify(run, training, "on_train_start")
-        interrupted = False
-        with StopRequest() as stop_request:
-            while training.loop.epoch < run.config.epochs:
-                epoch = training.loop.epoch
-                if run.config.image_weights:
-                    weights = data.class_weights * (1 - training.maps) ** 2 / run.nc
-                    data.sampler.set_weights(labels_to_image_weights(data.train_set.labels, run.nc, weights))
-                loader = data.train_loader
-                if training.loop.batch:
-                    loader = run.accelerator.skip_first_batches(data.train_loader, training.loop.batch)
-                loader.set_epoch(epoch)
-                data.sampler.set_epoch(epoch)  # also under a multi-process skip, where set_epoch does not reach it
-                notify(run, training, "on_train_epoch_start")
-                on_batch = batch_hooks(run, training, plot=run.plots and epoch == 0)
-                if not train_one_epoch(plan, training, loader, run.config.epochs, lambda: stop_request.requested,
-                                       on_batch=on_batch):
-                    interrupted = True
-                    save_state(run, training)
-                    break
-                if end_epoch(run, training, data, plan):
-                    break
-        finish(run, training, data, plan, interrupted)
+        try:
+            interrupted = fit(run, training, data, plan)
+            finish(run, training, data, plan, interrupted)
+        except RuntimeError as err:
+            if run.accelerator.num_processes > 1 and is_lost_peer(err):
+                raise process_lost(run) from None
+            raise
     if interrupted:
         raise TrainingInterrupted(run.paths.save_dir)
     return run.paths.save_dir
+
+
+def fit(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> bool:
+    """The epochs, until the last or early stopping; True if stopped by a signal (the state is saved)."""
+    interval = SnapshotInterval(*parse_snapshot_interval(run.config.snapshot_interval))
+
+    def save_mid_epoch() -> None:
+        save_state(run, training)
+        interval.restart()
+
+    with StopRequest() as stop_request:
+        while training.loop.epoch < run.config.epochs:
+            epoch = training.loop.epoch
+            if run.config.image_weights:
+                weights = data.class_weights * (1 - training.maps) ** 2 / run.nc
+                data.sampler.set_weights(labels_to_image_weights(data.train_set.labels, run.nc, weights))
+            loader = data.train_loader
+            if training.loop.batch:
+                loader = run.accelerator.skip_first_batches(data.train_loader, training.loop.batch)
+            loader.set_epoch(epoch)
+            data.sampler.set_epoch(epoch)  # also under a multi-process skip, where set_epoch does not reach it
+            notify(run, training, "on_train_epoch_start")
+            on_batch = batch_hooks(run, training, plot=run.plots and epoch == 0)
+            if not train_one_epoch(plan, training, loader, run.config.epochs, lambda: stop_request.requested,
+                                   on_batch=on_batch, snapshot_due=interval.due if interval else None,
+                                   save_snapshot=save_mid_epoch):
+                save_state(run, training)
+                return True
+            stop = end_epoch(run, training, data, plan)
+            interval.restart()
+            if stop:
+                break
+    return False
+
+
+@dataclass
+class SnapshotInterval:
+    """--snapshot-interval: a mid-epoch snapshot every `batches` training steps, or every `minutes` (each epoch's
+    end saves one anyway), so a lost process costs at most that much work."""
+
+    batches: int = 0
+    minutes: float = 0.0
+    last: float = field(default_factory=time.monotonic)
+
+    def __bool__(self) -> bool:
+        return bool(self.batches or self.minutes)
+
+    def due(self, step: int) -> bool:
+        if self.batches:
+            return step % self.batches == 0
+        return time.monotonic() - self.last >= self.minutes * 60
+
+    def restart(self) -> None:
+        self.last = time.monotonic()
+
+
+class ProcessLost(RuntimeError):
+    """Another training process of the launch went away; `report` is False on processes that leave the message to
+    a lower-ranked survivor."""
+
+    def __init__(self, message: str, report: bool = True):
+        super().__init__(message)
+        self.report = report
+
+
+def process_lost(run: Run) -> ProcessLost:
+    """What a surviving process says when another one is gone: which, the snapshot kept, how to continue."""
+    accelerator, save_dir = run.accelerator, run.paths.save_dir
+    lost, seen_all = lost_ranks(accelerator.num_processes)
+    who = f"training process {', '.join(f'rank {r}' for r in lost)}" if lost else \
+        "another training process" + ("" if seen_all else " (on another machine, or its launcher)")
+    try:
+        kept = f"the latest snapshot, {snapshots(run.paths.state)[0].name}, is kept"
+    except StateError:
+        kept = "no snapshot was saved yet"
+    survivors = [r for r in range(accelerator.num_processes) if r not in lost]
+    report = not survivors or accelerator.process_index == survivors[0] or not seen_all
+    return ProcessLost(f"{who} was lost (killed, out of memory, or its machine went away); {kept}. Continue with "
+                       f"the same launch command and `train --resume {save_dir}`, or launch with --max_restarts N "
+                       f"to continue on its own", report)
 
 
 @contextlib.contextmanager
@@ -267,9 +354,29 @@ def with_model_defaults(config: TrainConfig, weights: tuple | None = None) -> Tr
     return config.for_model(trains_anchor_free(config, weights))
 
 
+def continue_restarted_run(config: TrainConfig, folder: Path) -> TrainConfig:
+    """The launcher (torch elastic, `--max_restarts`) restarted the processes after one was lost: continue the run
+    folder of the first attempt, from its latest snapshot (as --resume would), or from the start if it has none."""
+    announce = os.environ.get("RANK", "0") == "0"
+    try:
+        snapshots(folder / "state")
+    except StateError:
+        if announce:
+            LOGGER.warning(f"Restarted by the launcher (restart {restart_count()}): {folder} has no snapshot yet; "
+                           f"training it again from the start")
+        return replace(config, project=str(folder.parent), name=folder.name, exist_ok=True)
+    if announce:
+        LOGGER.warning(f"Restarted by the launcher (restart {restart_count()}): resuming {folder} from its latest "
+                       f"snapshot")
+    return replace(config, resume=str(folder))
+
+
 def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
     """Resolve the options (a resumed run's own), choose the precision, form the process group, claim the run
     folder (held until training ends), seed every generator, read the hyperparameters and the dataset yaml."""
+    restarted = restarted_run_folder()
+    if restarted is not None:
+        config = continue_restarted_run(config, restarted)
     resuming = config.resume is not None
     if resuming:
         folder = find_resume_run(config.resume, config.project)
@@ -306,13 +413,17 @@ def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
         raise ConfigError("--batch-size -1 (AutoBatch) needs a CUDA device; pass a batch size instead")
     if config.sync_bn and use_cpu:
         raise ConfigError("--sync-bn needs CUDA processes (PyTorch's SyncBatchNorm is GPU-only); drop it on CPU")
+    if restart_count():
+        join_restarted_group(use_cpu)
     process = PartialState(cpu=use_cpu)  # the process group, before the run folder every rank must agree on
+    register_process()
     save_dir, refusal = None, None
     if process.is_main_process:
         save_dir = Path(config.resume) if resuming else \
             increment_path(Path(config.project) / config.name, exist_ok=config.exist_ok, mkdir=True)
         try:
             held.enter_context(exclusive_use(save_dir, "training run"))
+            remember_run_folder(save_dir)
         except FolderInUse as err:
             refusal = str(err)
     save_dir, refusal = broadcast_object_list([save_dir, refusal])
