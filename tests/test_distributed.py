@@ -123,18 +123,23 @@ def test_ddp_stopped_mid_epoch_resumes_from_that_batch(data, tmp_path):
     stop_mid_epoch_and_resume(DDP, data, tmp_path)
 
 
-def test_two_nodes_on_loopback_equal_two_local_processes(data, tmp_path):
-    local = run([*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                 "--main_process_port", str(free_port()), *train_args(data, tmp_path / "local")])
+@pytest.mark.parametrize("rendezvous", ["static", "c10d"])
+def test_two_nodes_on_loopback_equal_two_local_processes(data, tmp_path, rendezvous):
+    """configs/accelerate/two_nodes.yaml as shipped, but for the address, one process per "machine" and fp32: one
+    run folder, one set of weights and results, the same weights as 2 local processes."""
+    local = run([*DDP, "--main_process_port", str(free_port()), *train_args(data, tmp_path / "local")])
     port = str(free_port())
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    nodes = [subprocess.Popen([*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--num_machines", "2",
-                               "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-                               "--main_process_port", port, *train_args(data, tmp_path / "nodes")],
+    nodes = [subprocess.Popen([*ACCELERATE, "--config_file", str(ROOT / "configs" / "accelerate" / "two_nodes.yaml"),
+                               "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                               "--main_process_port", port, "--rdzv_backend", rendezvous,
+                               *train_args(data, tmp_path / "nodes")],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in (0, 1)]
     outputs = [node.communicate(timeout=600)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    assert "Starting training" in local.stdout
+    assert "Starting training" in local.stdout and sum(o.count("Starting training") for o in outputs) == 1
+    assert [p.name for p in (tmp_path / "nodes").iterdir()] == ["exp"]
+    assert len(read_results(tmp_path / "nodes" / "exp" / "results.csv")) == 2
     difference = relative_difference(final_model(tmp_path / "local" / "exp"), final_model(tmp_path / "nodes" / "exp"))
     assert difference < 1e-6

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_distributed import DDP, launch, latest_snapshot, relative_difference, run, snapshot_tensors
+from test_distributed import DDP, latest_snapshot, launch, relative_difference, run, snapshot_tensors
 from test_fsdp import FSDP, descendants
 
 from yolo_accel.data.demo import write_demo_dataset

@@ -308,6 +308,9 @@ def test_auto_mixed_precision_follows_the_launcher_then_the_hardware(monkeypatch
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # accelerate launch --mixed_precision no
     assert choose_mixed_precision("auto", use_cpu=False) == "no"
     assert choose_mixed_precision("bf16", use_cpu=False) == "bf16"  # an explicit flag wins
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # a launch config for GPUs, run on CPU processes
+    assert choose_mixed_precision("auto", use_cpu=False) == "fp16"
+    assert choose_mixed_precision("auto", use_cpu=True) == "no"
 
 
 def test_one_process_trains_in_bf16_then_validates_and_trains_in_fp32(tiny_data, tmp_path, caplog):

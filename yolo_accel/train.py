@@ -154,9 +154,14 @@ def choose_mixed_precision(requested: str, use_cpu: bool) -> str:
     natively: fp16 on CUDA (YOLOv5's AMP default), bf16 on a CPU with bf16 instructions, fp32 otherwise."""
     if requested != "auto":
         return requested
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+    if launched == "fp16" and use_cpu:  # a launch config written for GPU machines, run where there are none
+        if os.environ.get("RANK", "0") == "0":
+            LOGGER.warning("WARNING ⚠️ the launch asks for fp16, which needs CUDA; these processes run on CPUs and "
+                           "train in fp32")
+        return "no"
     if launched:
-        return launched.lower()
+        return launched
     if not use_cpu:
         return "fp16"
     return "bf16" if cpu_has_bf16() else "no"
