@@ -102,9 +102,14 @@ def shard_model(model: nn.Module, accelerator: Accelerator) -> nn.Module:
     return model
 
 
-def full_tensor(value: Any) -> Any:
-    """A DTensor gathered whole (a collective: every process calls it, in the same order); anything else as it is."""
-    return value.full_tensor() if isinstance(value, DTensor) else value
+def full_tensor(value: Any, keep: bool = True) -> Any:
+    """A DTensor gathered whole into host memory (a collective: every process calls it, in the same order; with
+    keep=False the gathered copy is dropped at once, for processes that only take part); anything else as it
+    is."""
+    if not isinstance(value, DTensor):
+        return value
+    gathered = value.full_tensor()
+    return gathered.cpu() if keep else None  # host memory: a GPU holds a shard, not the whole state
 
 
 def sharded_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -114,9 +119,9 @@ def sharded_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
 
 
-def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """module.state_dict() with every sharded tensor gathered (collective)."""
-    return {k: full_tensor(v) for k, v in module.state_dict().items()}
+def full_state_dict(module: nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+    """module.state_dict() with every sharded tensor gathered (collective; see full_tensor for `keep`)."""
+    return {k: full_tensor(v, keep) for k, v in module.state_dict().items()}
 
 
 def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -125,11 +130,12 @@ def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> N
     module.load_state_dict({k: sharded_like(v.to(own[k].dtype), own[k]) for k, v in state.items()})
 
 
-def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
-    """optimizer.state_dict() with sharded tensors (momentum, Adam's moments) gathered (collective): the same
-    format as an unsharded optimizer's, parameters numbered in group order."""
+def full_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool = True) -> dict:
+    """optimizer.state_dict() with sharded tensors (momentum, Adam's moments) gathered (collective; see full_tensor
+    for `keep`): the same format as an unsharded optimizer's, parameters numbered in group order."""
     state = optimizer.state_dict()
-    return {"state": {pid: {k: full_tensor(v) for k, v in entries.items()} for pid, entries in state["state"].items()},
+    return {"state": {pid: {k: full_tensor(v, keep) for k, v in entries.items()}
+                      for pid, entries in state["state"].items()},
             "param_groups": state["param_groups"]}
 
 

@@ -717,7 +717,8 @@ def save_state(run: Run, training: TrainingState) -> None:
     if run.config.nosave:
         return
     accelerator = run.accelerator
-    state = training.state_dict()  # on every process: gathering a sharded model's is collective
+    # on every process: gathering a sharded model's state is collective (only the main process keeps it)
+    state = training.state_dict(keep=accelerator.is_main_process)
     save_snapshot(run.paths.state, training.loop.step, accelerator.process_index,
                   (lambda: state) if accelerator.is_main_process else None, training.rng,
                   training.pending_gradients(), accelerator.wait_for_everyone,

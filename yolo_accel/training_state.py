@@ -83,14 +83,15 @@ class TrainingState:
     loop: LoopState = field(default_factory=LoopState)
     maps: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, keep: bool = True) -> dict[str, Any]:
         """{"model", "ema", "optimizer": state dicts; "trainer": JSON-able counters, schedule, scaler, stopper}.
-        Full tensors also when the model is sharded (FSDP): then every process must call it."""
+        Full tensors also when the model is sharded (FSDP): then every process must call it, and those that will
+        not write it pass keep=False (each gathered tensor is dropped at once)."""
         self.ema.gather()
         return {
-            "model": full_state_dict(self.unwrapped),
+            "model": full_state_dict(self.unwrapped, keep),
             "ema": self.ema.state_dict(),
-            "optimizer": full_optimizer_state(self.optimizer),
+            "optimizer": full_optimizer_state(self.optimizer, keep),
             "trainer": {
                 "loop": asdict(self.loop),
                 "scheduler": self.scheduler.state_dict(),
