@@ -2,6 +2,7 @@
 
     python benchmarks/scale_out.py --cfg yolov5x6.yaml --img 1280 --batch-size 8 --out /tmp/scale   # the GPUs here
     python benchmarks/scale_out.py --cfg yolov5n.yaml --img 64 --batch-size 4 --processes 2 --out /tmp/scale  # CPU
+    python benchmarks/scale_out.py --cfg yolov5s.yaml --img 640 --batch-size 32 --sync-bn --out /tmp/scale-bn
 
 Each mode trains `--epochs` epochs on a COCO-like JPEG set (benchmarks/make_dataset.py, written once into OUT) with
 one process per GPU (or `--processes` CPU processes where there is no GPU), fp16 autocast on CUDA (AMP) and fp32 on
@@ -35,6 +36,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", choices=("ddp", "fsdp"), default=["ddp", "fsdp"])
     parser.add_argument("--processes", type=int, default=0, help="processes (default: the GPU count, else 2)")
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm (CUDA processes)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one launched process
     return parser.parse_args()
@@ -56,7 +58,8 @@ def worker(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     run = train(TrainConfig(data=args.data, model=args.cfg, epochs=args.epochs, imgsz=args.img,
                             batch_size=args.batch_size, workers=args.workers, project=str(args.out / "runs"),
-                            name=os.environ["SCALE_OUT_MODE"], exist_ok=True, noplots=True), callbacks)
+                            name=os.environ["SCALE_OUT_MODE"], exist_ok=True, noplots=True, sync_bn=args.sync_bn),
+                callbacks)
     rank = int(os.environ.get("RANK", "0"))
     report = {"rank": rank, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
     if torch.cuda.is_available():
@@ -76,7 +79,7 @@ def launch(args: argparse.Namespace, mode: str, data: str, processes: int, cuda:
         ["--multi_gpu"]
     command = [*launcher, __file__, "--worker", "--data", data, "--cfg", args.cfg, "--img", str(args.img),
                "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--workers", str(args.workers),
-               "--out", str(args.out)]
+               "--out", str(args.out), *(["--sync-bn"] if args.sync_bn else [])]
     started = time.perf_counter()
     result = subprocess.run(command, env={**os.environ, "SCALE_OUT_MODE": mode}, capture_output=True, text=True)
     if result.returncode:
