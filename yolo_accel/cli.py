@@ -156,9 +156,10 @@ def train(
         raise typer.Exit(subprocess.call(command))
     from .config import TrainConfig
     from .data.sources import DataError
+    from .distributed import ProcessLost
     from .engine import NonFiniteLoss
     from .state import StateError
-    from .train import ProcessLost, TrainingInterrupted
+    from .train import TrainingInterrupted
     from .train import train as run_training
 
     config = TrainConfig(

@@ -12,12 +12,18 @@ towards YOLOv5's nominal batch are ordinary sharded `.grad` tensors, saved and r
 
 Weights and training state written by a sharded run are full tensors, the same files as any other run's: the
 helpers here gather them (every process must call them) and scatter them back.
+
+A lost process: torch elastic (`accelerate launch --max_restarts N`) restarts them all; the restarted launch finds
+its run folder in the launcher's store and continues it. Without restarts, a survivor names the lost rank
+(`ProcessLost`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,10 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, TrainConfig
+from .state import StateError, snapshots
+
+LOGGER = logging.getLogger("yolo_accel")
 
 try:
     from torch.distributed.tensor import DTensor, distribute_tensor
@@ -255,3 +264,45 @@ def is_lost_peer(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("gloo" in text.lower() or "nccl" in text.lower()) and any(
         s in text for s in ("Connection reset", "Connection closed", "Broken pipe", "Connection refused",
                             "Timeout", "timed out", "remote process exited"))
+
+
+def continue_restarted_run(config: TrainConfig, folder: Path) -> TrainConfig:
+    """The options of a launch torch elastic restarted (`--max_restarts`) after a process was lost: the run folder
+    of its first attempt, resumed from its latest snapshot (as --resume would), or from the start if it has none."""
+    announce = os.environ.get("RANK", "0") == "0"
+    try:
+        snapshots(folder / "state")
+    except StateError:
+        if announce:
+            LOGGER.warning(f"Restarted by the launcher (restart {restart_count()}): {folder} has no snapshot yet; "
+                           f"training it again from the start")
+        return replace(config, project=str(folder.parent), name=folder.name, exist_ok=True)
+    if announce:
+        LOGGER.warning(f"Restarted by the launcher (restart {restart_count()}): resuming {folder} from its latest "
+                       f"snapshot")
+    return replace(config, resume=str(folder))
+
+
+class ProcessLost(RuntimeError):
+    """Another training process of the launch went away; `report` is False on the survivors that leave the message
+    to a lower-ranked one."""
+
+    def __init__(self, message: str, report: bool = True):
+        super().__init__(message)
+        self.report = report
+
+    @classmethod
+    def explain(cls, accelerator: Accelerator, save_dir: Path) -> ProcessLost:
+        """What a survivor says: which process is gone, the snapshot kept, how to continue."""
+        lost, seen_all = lost_ranks(accelerator.num_processes)
+        who = f"training process {', '.join(f'rank {r}' for r in lost)}" if lost else \
+            "another training process" + ("" if seen_all else " (on another machine, or its launcher)")
+        try:
+            kept = f"the latest snapshot, {snapshots(save_dir / 'state')[0].name}, is kept"
+        except StateError:
+            kept = "no snapshot was saved yet"
+        survivors = [r for r in range(accelerator.num_processes) if r not in lost]
+        report = not survivors or accelerator.process_index == survivors[0] or not seen_all
+        return cls(f"{who} was lost (killed, out of memory, or its machine went away); {kept}. Continue with the "
+                   f"same launch command and `train --resume {save_dir}`, or launch with --max_restarts N to "
+                   f"continue on its own", report)

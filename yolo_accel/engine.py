@@ -192,6 +192,27 @@ class StepPlan:
     batches_per_epoch: int
 
 
+@dataclass
+class SnapshotInterval:
+    """--snapshot-interval: a mid-epoch snapshot every `batches` training steps, or every `minutes` (each epoch's
+    end saves one anyway), so a lost process costs at most that much work."""
+
+    batches: int = 0
+    minutes: float = 0.0
+    last: float = field(default_factory=time.monotonic)
+
+    def __bool__(self) -> bool:
+        return bool(self.batches or self.minutes)
+
+    def due(self, step: int) -> bool:
+        if self.batches:
+            return step % self.batches == 0
+        return time.monotonic() - self.last >= self.minutes * 60
+
+    def restart(self) -> None:
+        self.last = time.monotonic()
+
+
 class NonFiniteLoss(RuntimeError):
     """The training loss became nan or inf; nothing of the diverged step was saved."""
 

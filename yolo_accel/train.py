@@ -43,14 +43,15 @@ from .data.labels import scan_labels
 from .data.loader import EpochSampler, build_dataloader
 from .data.sources import DataConfig, list_images, load_data_config
 from .distributed import (
+    ProcessLost,
     broadcast_module,
     check_fsdp_launch,
+    continue_restarted_run,
     enable_fsdp,
     fsdp_requested,
     is_lost_peer,
     is_sharded,
     join_restarted_group,
-    lost_ranks,
     register_process,
     remember_run_folder,
     restart_count,
@@ -58,7 +59,7 @@ from .distributed import (
     shard_model,
 )
 from .ema import ModelEMA
-from .engine import StepPlan, any_process, evaluate, format_results, new_accelerator, train_one_epoch
+from .engine import SnapshotInterval, StepPlan, any_process, evaluate, format_results, new_accelerator, train_one_epoch
 from .files import FolderInUse, atomic_write, exclusive_use, increment_path
 from .loss import DetectionLoss, scale_loss_gains
 from .loss_anchor_free import AnchorFreeLoss
@@ -244,7 +245,7 @@ def train(config: TrainConfig, callbacks: Callbacks | None = None) -> Path:
             finish(run, training, data, plan, interrupted)
         except RuntimeError as err:
             if run.accelerator.num_processes > 1 and is_lost_peer(err):
-                raise process_lost(run) from None
+                raise ProcessLost.explain(run.accelerator, run.paths.save_dir) from None
             raise
     if interrupted:
         raise TrainingInterrupted(run.paths.save_dir)
@@ -284,53 +285,6 @@ def fit(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> bool:
     return False
 
 
-@dataclass
-class SnapshotInterval:
-    """--snapshot-interval: a mid-epoch snapshot every `batches` training steps, or every `minutes` (each epoch's
-    end saves one anyway), so a lost process costs at most that much work."""
-
-    batches: int = 0
-    minutes: float = 0.0
-    last: float = field(default_factory=time.monotonic)
-
-    def __bool__(self) -> bool:
-        return bool(self.batches or self.minutes)
-
-    def due(self, step: int) -> bool:
-        if self.batches:
-            return step % self.batches == 0
-        return time.monotonic() - self.last >= self.minutes * 60
-
-    def restart(self) -> None:
-        self.last = time.monotonic()
-
-
-class ProcessLost(RuntimeError):
-    """Another training process of the launch went away; `report` is False on processes that leave the message to
-    a lower-ranked survivor."""
-
-    def __init__(self, message: str, report: bool = True):
-        super().__init__(message)
-        self.report = report
-
-
-def process_lost(run: Run) -> ProcessLost:
-    """What a surviving process says when another one is gone: which, the snapshot kept, how to continue."""
-    accelerator, save_dir = run.accelerator, run.paths.save_dir
-    lost, seen_all = lost_ranks(accelerator.num_processes)
-    who = f"training process {', '.join(f'rank {r}' for r in lost)}" if lost else \
-        "another training process" + ("" if seen_all else " (on another machine, or its launcher)")
-    try:
-        kept = f"the latest snapshot, {snapshots(run.paths.state)[0].name}, is kept"
-    except StateError:
-        kept = "no snapshot was saved yet"
-    survivors = [r for r in range(accelerator.num_processes) if r not in lost]
-    report = not survivors or accelerator.process_index == survivors[0] or not seen_all
-    return ProcessLost(f"{who} was lost (killed, out of memory, or its machine went away); {kept}. Continue with "
-                       f"the same launch command and `train --resume {save_dir}`, or launch with --max_restarts N "
-                       f"to continue on its own", report)
-
-
 @contextlib.contextmanager
 def process_settings_kept() -> Iterator[None]:
     """Training switches torch to deterministic algorithms; put process-wide settings back when it returns."""
@@ -357,23 +311,6 @@ def trains_anchor_free(config: TrainConfig, weights: tuple | None = None) -> boo
 def with_model_defaults(config: TrainConfig, weights: tuple | None = None) -> TrainConfig:
     """The recipe defaults for the model it trains (TrainConfig.for_model)."""
     return config.for_model(trains_anchor_free(config, weights))
-
-
-def continue_restarted_run(config: TrainConfig, folder: Path) -> TrainConfig:
-    """The launcher (torch elastic, `--max_restarts`) restarted the processes after one was lost: continue the run
-    folder of the first attempt, from its latest snapshot (as --resume would), or from the start if it has none."""
-    announce = os.environ.get("RANK", "0") == "0"
-    try:
-        snapshots(folder / "state")
-    except StateError:
-        if announce:
-            LOGGER.warning(f"Restarted by the launcher (restart {restart_count()}): {folder} has no snapshot yet; "
-                           f"training it again from the start")
-        return replace(config, project=str(folder.parent), name=folder.name, exist_ok=True)
-    if announce:
-        LOGGER.warning(f"Restarted by the launcher (restart {restart_count()}): resuming {folder} from its latest "
-                       f"snapshot")
-    return replace(config, resume=str(folder))
 
 
 def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
