@@ -168,3 +168,27 @@ def test_activation_key_is_parsed_not_evaluated(tmp_path):
     assert isinstance(model.model[0].act, torch.nn.LeakyReLU) and model.model[0].act.negative_slope == 0.1
     with pytest.raises(ConfigError, match="unsupported activation"):
         build_model(write_yaml(tmp_path, dict(cfg, activation="__import__('os').system('true')"), "evil.yaml"))
+
+
+@pytest.mark.parametrize("cfg", ["yolov5n", "yolov5nu"])
+def test_head_output_convolutions_stay_fp32_under_bf16_autocast(cfg):
+    """The cause of bf16's lost accuracy: the objectness (and class) logits sit on a large prior offset while what
+    training learns from is their small variation between cells, which bf16's 8 significant bits round coarsely.
+    Under autocast the head's output convolutions must therefore run in fp32, on fp32 inputs."""
+    torch.manual_seed(0)
+    model = build_model(cfg, nc=6).train()
+    head = model.model[-1]
+    outputs = list(head.m) if hasattr(head, "m") else [branch[-1] for branch in (*head.cv2, *head.cv3)]
+    seen = []
+    for conv in outputs:
+        conv.register_forward_hook(lambda module, args, out: seen.append((module, args[0], out)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        raw = model(torch.rand(2, 3, 64, 64))
+    assert len(seen) == len(outputs) and all(r.dtype == torch.float32 for r in raw)
+    for conv, x, out in seen:
+        assert x.dtype == out.dtype == torch.float32
+        torch.testing.assert_close(out, torch.nn.functional.conv2d(x, conv.weight, conv.bias), rtol=0, atol=0)
+    if cfg == "yolov5n":  # what a bf16 head would do to the first level's objectness logits (about -6.7 here)
+        logits = raw[0][..., 4]
+        rounding = (logits.bfloat16().float() - logits).std() / logits.std()
+        assert logits.mean() < -6 and rounding > 0.02

@@ -36,6 +36,35 @@ def make_divisible(x: float, divisor: int) -> int:
     return math.ceil(x / divisor) * divisor
 
 
+def autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+def output_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A detection head's output convolution, in fp32 also under autocast (on its input made fp32).
+
+    Its logits carry large prior offsets: objectness starts near log(8 / cells), -4 to -7, classes near -2 (YOLOv5u's
+    near -9), while what training learns from is their variation between cells, at first about 0.2. bf16 keeps 8
+    significant bits, a step of 1/32 at 4-8, so a bf16 head quantizes that variation to a handful of levels; trained
+    that way yolov5n lost 0.05-0.10 mAP50-95 on the demo data (the README's precision notes). The convolutions are
+    1-8% of the model's FLOPs.
+    """
+    if autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return conv(x.float())
+    return conv(x)
+
+
+def branch_output(branch: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A head branch (convolutions, then an output convolution) with its last convolution in fp32 (output_conv)."""
+    for layer in branch[:-1]:
+        x = layer(x)
+    return output_conv(branch[-1], x)
+
+
 class Detect(nn.Module):
     """Per-level 1x1 convs to na*(5+nc) channels; in eval mode also decodes boxes to input pixels.
 
@@ -59,7 +88,7 @@ class Detect(nn.Module):
         Eval: (decoded (B, N, 5+nc) with xywh in pixels and sigmoid scores, raw maps)."""
         raw, decoded = [], []
         for i in range(self.nl):
-            y = self.m[i](x[i])
+            y = output_conv(self.m[i], x[i])
             bs, _, ny, nx = y.shape
             y = y.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             raw.append(y)
@@ -134,7 +163,8 @@ class AnchorFreeDetect(nn.Module):
     def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """x: per-level features. Train: list of raw maps (B, 4 * reg_max + nc, H, W).
         Eval: (decoded (B, N, 4 + nc) with xywh in pixels and sigmoid class scores, raw maps)."""
-        raw = [torch.cat((self.cv2[i](x[i]), self.cv3[i](x[i])), 1) for i in range(self.nl)]
+        raw = [torch.cat((branch_output(self.cv2[i], x[i]), branch_output(self.cv3[i], x[i])), 1)
+               for i in range(self.nl)]
         if self.training:
             return raw
         batch = raw[0].shape[0]
