@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,24 @@ import pytest
 import yaml
 from conftest import REFERENCE
 
+import yolo_accel.evolve as evolve_module
 from yolo_accel.config import TrainConfig, load_hyp
 from yolo_accel.data.demo import write_demo_dataset
-from yolo_accel.evolve import BOUNDS, RESULT_KEYS, append_row, clamp, evolve, locked, mutate, read_ledger, select_parent
+from yolo_accel.evolve import (
+    BOUNDS,
+    RESULT_KEYS,
+    append_row,
+    clamp,
+    evolve,
+    keep_training,
+    locked,
+    mutate,
+    read_ledger,
+    read_rungs,
+    rung_epochs,
+    select_parent,
+)
+from yolo_accel.train import with_model_defaults
 
 
 def test_mutation_follows_yolov5_rules():
@@ -119,3 +135,64 @@ def test_parallel_workers_and_a_killed_worker(tiny_data, tmp_path):
     assert len(read_ledger(run / "evolve.csv")[1]) == len(after) + 1
     assert not claims.read_text().strip()
     assert yaml.safe_load((run / "opt.yaml").read_text())["epochs"] == 1
+
+
+def test_rungs_and_the_keep_rule():
+    assert rung_epochs(9) == (1, 3, 9) and rung_epochs(10) == (1, 3, 10) and rung_epochs(30) == (3, 10, 30)
+    assert rung_epochs(2) == (1, 2) and rung_epochs(1) == (1,)
+    assert keep_training([], 0.1) and keep_training([0.5], 0.1)  # too few records to judge
+    assert not keep_training([0.5, 0.4], 0.1)  # the bottom of three
+    assert keep_training([0.5, 0.4], 0.6) and keep_training([0.1, 0.2, 0.3, 0.4, 0.5], 0.5)
+    assert not keep_training([0.1, 0.2, 0.3, 0.4, 0.5], 0.3)  # top third of six: 0.4 and up
+
+
+def test_halving_stops_weak_candidates_and_breeds_from_full_ones(tiny_data, tmp_path, monkeypatch):
+    """The search's bookkeeping with a stand-in for training whose fitness is lr0 (so rankings are known): a
+    candidate stops at the first rung where it is not in the top third; only full ones become parents."""
+    trained_epochs = []
+
+    def fake_train(config, hyp, folder, on_rung=None, rungs=()):
+        for epochs in rungs[:-1]:
+            if on_rung is not None and not on_rung(epochs, hyp["lr0"]):
+                trained_epochs.append(epochs)
+                return dict(zip(RESULT_KEYS, (0, 0, 0, hyp["lr0"] / 0.9, 0, 0, 0))), epochs
+        trained_epochs.append(rungs[-1])
+        return dict(zip(RESULT_KEYS, (0, 0, 0, hyp["lr0"] / 0.9, 0, 0, 0))), rungs[-1]
+
+    monkeypatch.setattr(evolve_module, "train_candidate", fake_train)
+    config = replace(tiny_config(tiny_data), epochs=9)
+    run = evolve(config, generations=12, project=str(tmp_path), seed=0, halving=True)
+    header, full = read_ledger(run / "evolve.csv")
+    stopped_header, stopped = read_ledger(run / "evolve_stopped.csv")
+    assert len(full) + len(stopped) == 12 and len(stopped) > 0
+    assert header[:7] == list(RESULT_KEYS) and stopped_header == [*header, "epochs"]
+    assert set(stopped[:, -1]) <= {1.0, 3.0} and sorted(trained_epochs) == sorted(
+        [9] * len(full) + stopped[:, -1].astype(int).tolist())
+    history = read_rungs(run / "evolve_rungs.csv")
+    for i, record in enumerate(history):  # every verdict follows the rule against the records before it
+        if record["epochs"] < 9:
+            earlier = [r["fitness"] for r in history[:i] if r["epochs"] == record["epochs"]]
+            assert record["stopped"] == (not keep_training(earlier, record["fitness"]))
+    assert sum(r["epochs"] for r in history if r["stopped"] or r["epochs"] == 9) < 12 * 9  # compute saved
+    assert (run / "evolve_compute.png").stat().st_size > 5_000 and not list((run / "candidates").iterdir())
+    assert load_hyp(run / "hyp_evolve.yaml")["lr0"] == pytest.approx(full[:, header.index("lr0")].max())
+
+
+@pytest.mark.slow
+def test_a_killed_worker_leaves_its_candidate_and_the_next_one_finishes_it_exactly(tiny_data, tmp_path):
+    config = replace(tiny_config(tiny_data), epochs=3)
+    straight = evolve(config, generations=1, project=str(tmp_path / "a"), seed=0)
+    run = tmp_path / "b" / "exp"
+    run.mkdir(parents=True)
+    (run / "opt.yaml").write_text(yaml.safe_dump(with_model_defaults(config).to_dict()))  # as evolve writes it
+    victim = subprocess.Popen([sys.executable, "-m", "yolo_accel.evolve", str(run), "1", "0"], env={**os.environ},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(run.glob("candidates/*/state/latest.json")):
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (run / "evolve.csv").exists() and len((run / "evolve.claims").read_text().split()) == 1
+    evolve(config, generations=1, resume=str(run), seed=5)  # another worker: resumes, adds no new candidate
+    assert np.array_equal(read_ledger(run / "evolve.csv")[1], read_ledger(straight / "evolve.csv")[1])
+    assert not (run / "evolve.claims").read_text().strip() and not list((run / "candidates").iterdir())

@@ -326,6 +326,8 @@ def evolve(
     project: RunFolder = "runs/evolve",
     name: Annotated[str, typer.Option(help="save to PROJECT/NAME (re-running continues the latest)")] = "exp",
     resume: Annotated[str | None, typer.Option(help="continue the evolve folder at PATH")] = None,
+    halving: Annotated[bool, typer.Option("--halving", help="successive halving: stop candidates that rank in the "
+                                                            "bottom two thirds at epochs E/9 and E/3")] = False,
     device: Device = "",
 ) -> None:
     """Evolve hyperparameters with YOLOv5's genetic search; workers share evolve.csv through a file lock."""
@@ -343,9 +345,9 @@ def evolve(
 
     try:
         run_evolve(config, generations=generations, parallel=parallel, project=project, name=name,
-                   resume=resume)
+                   resume=resume, halving=halving)
     except TrainingInterrupted:
-        typer.echo("evolve stopped; the unfinished candidate is dropped. Re-run the same command to continue.")
+        typer.echo("evolve stopped; its unfinished candidate is saved. Re-run the same command to continue it.")
         raise typer.Exit(0) from None
     except (ConfigError, WeightsError, DataError) as err:
         fail(str(err))

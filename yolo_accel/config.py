@@ -274,6 +274,7 @@ class TrainConfig:
     quad: bool = False  # YOLOv5's --quad: four images per training sample at twice the size
     save_fp32: bool = False  # weights files in fp32 (default: fp16, as YOLOv5 strips them)
     candidate: bool = False  # an evolve candidate: weights only at the end and no final validation (as YOLOv5)
+    val_epochs: tuple[int, ...] = ()  # with --noval, also validate after these epoch counts (evolve's rungs)
     snapshot_interval: str = ""  # also save the training state every N batches ("500") or minutes ("30m"); off: ""
 
     def for_model(self, anchor_free: bool) -> TrainConfig:
@@ -287,7 +288,8 @@ class TrainConfig:
         defaults = DEMO_DEFAULTS if self.data == "demo" else DEFAULTS
         config = replace(self, epochs=self.epochs if self.epochs is not None else defaults["epochs"],
                          imgsz=self.imgsz if self.imgsz is not None else defaults["imgsz"],
-                         model=self.model or ("" if self.weights else "yolov5n"), freeze=tuple(self.freeze))
+                         model=self.model or ("" if self.weights else "yolov5n"), freeze=tuple(self.freeze),
+                         val_epochs=tuple(self.val_epochs))
         checks = [
             (config.optimizer in ("", "SGD", "Adam", "AdamW", "auto"),
              f"--optimizer must be SGD, Adam, AdamW or auto, got {config.optimizer!r}"),
@@ -317,11 +319,12 @@ class TrainConfig:
             data["resume"] = "" if data["resume"] else None
         names = {f.name for f in fields(cls)}
         check_keys(data, names, set(), source)
-        if "freeze" in data and data["freeze"] is not None:
-            data = {**data, "freeze": tuple(data["freeze"])}
+        for key in ("freeze", "val_epochs"):  # lists in yaml
+            if data.get(key) is not None:
+                data = {**data, key: tuple(data[key])}
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["freeze"] = list(self.freeze)
+        data["freeze"], data["val_epochs"] = list(self.freeze), list(self.val_epochs)
         return data

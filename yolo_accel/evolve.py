@@ -1,8 +1,16 @@
 """Hyperparameter evolution (YOLOv5's genetic search) with a file-locked ledger shared by any number of workers.
 
-Each worker: lock the ledger, read it, pick a parent from the top 5 by fitness, mutate, unlock; train the
-candidate; lock and append one whole row. Workers on one machine or on several machines sharing the folder
-cooperate through the lock; a killed worker loses only its own unfinished candidate; re-running continues.
+Each worker: lock the ledger, read it, pick a parent from the top 5 by fitness, mutate, claim the candidate,
+unlock; train it in its own folder (candidates/NAME, with a snapshot every epoch); lock and append one whole row.
+Workers on one machine or on several machines sharing the folder cooperate through the lock; re-running
+continues. A worker killed mid-candidate leaves its claim and snapshot: the next worker on that machine resumes the
+candidate exactly and writes its row once.
+
+With `halving` (successive halving, ASHA's early-stopping rule as Ray Tune's ASHA scheduler applies it), a
+candidate validates at rung epochs E/9, E/3 (factor 3) and stops at a rung where its fitness is below the top
+third of what earlier candidates reached there; stopped candidates go to evolve_stopped.csv, not evolve.csv, so
+parents (and hyp_evolve.yaml) come only from candidates trained in full, whose fitness is comparable. Every
+candidate's rung results, in the order they happened, are in evolve_rungs.csv.
 """
 
 from __future__ import annotations
@@ -10,12 +18,12 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -46,6 +54,8 @@ BOUNDS = {
 # the anchor-free recipe's gains live on other scales (box 7.5, cls 0.5, dfl 1.5)
 ANCHOR_FREE_BOUNDS = {**BOUNDS, "box": (1, 1.0, 20.0), "cls": (1, 0.1, 4.0), "dfl": (1, 0.3, 6.0)}
 MUTATION_PROBABILITY, SIGMA = 0.8, 0.2
+RUNG_FACTOR = 3  # successive halving: rungs at E/9, E/3, E; a candidate continues if in the top third of its rung
+RUNG_COLUMNS = ("candidate", "epochs", "fitness", "stopped")
 
 
 def bounds_for(hyp: dict[str, float]) -> dict[str, tuple[float, float, float]]:
@@ -83,6 +93,41 @@ def mutate(parent_hyp: dict[str, float], rng: np.random.Generator) -> dict[str, 
         factors = (gains * (rng.random(len(keys)) < MUTATION_PROBABILITY) * rng.standard_normal(len(keys))
                    * rng.random() * SIGMA + 1).clip(0.3, 3.0)
     return clamp({k: float(parent_hyp[k] * f) for k, f in zip(keys, factors)})
+
+
+def rung_epochs(epochs: int, factor: int = RUNG_FACTOR) -> tuple[int, ...]:
+    """The epoch counts where a candidate of `epochs` is judged: E/factor^2, E/factor and E, rounded, at least 1,
+    each once (10 -> 1, 3, 10; 30 -> 3, 10, 30; 2 -> 1, 2)."""
+    return tuple(sorted({max(1, round(epochs / factor ** k)) for k in (2, 1, 0)}))
+
+
+def keep_training(earlier: list[float], score: float, factor: int = RUNG_FACTOR) -> bool:
+    """ASHA's rule: continue when `score` is in the top 1/factor of the fitness recorded at this rung, itself
+    included; with fewer than `factor` records there is nothing to judge by, so continue."""
+    scores = [*earlier, score]
+    return len(scores) < factor or score >= float(np.quantile(scores, 1 - 1 / factor))
+
+
+def read_rungs(path: Path) -> list[dict]:
+    """evolve_rungs.csv rows (candidate, epochs, fitness, stopped), in the order they were recorded."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines()[1:]:
+        fields = line.split(",")
+        try:
+            rows.append({"candidate": fields[0], "epochs": int(fields[1]), "fitness": float(fields[2]),
+                         "stopped": fields[3].strip() == "1"})
+        except (IndexError, ValueError):  # a torn row
+            continue
+    return rows
+
+
+def record_rung(path: Path, candidate: str, epochs: int, score: float, stopped: bool) -> None:
+    """Append one rung result (with the ledger's lock held)."""
+    text = "" if path.exists() else ",".join(RUNG_COLUMNS) + "\n"
+    with open(path, "a") as f:
+        f.write(text + f"{candidate},{epochs},{score:.6g},{int(stopped)}\n")
 
 
 @contextmanager
@@ -153,71 +198,166 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def update_claims(path: Path, add: str | None = None, remove: str | None = None) -> int:
-    """Candidates in flight (evolve.claims, one 'host:pid:n' per line), pruning this host's dead workers; call with
-    the lock held. Returns how many remain after the change."""
-    host = socket.gethostname()
-    claims = [c for c in (path.read_text().split() if path.exists() else []) if c != remove]
-    claims = [c for c in claims if c.split(":")[0] != host or _alive(int(c.split(":")[1]))]
-    if add:
-        claims.append(add)
+def read_claims(path: Path) -> list[str]:
+    """Candidates in flight (evolve.claims, one 'host:pid:folder' per line); call with the lock held."""
+    return path.read_text().split() if path.exists() else []
+
+
+def update_claims(path: Path, add: str | None = None, remove: str | None = None) -> list[str]:
+    """Add or remove a claim (with the lock held); returns the claims of this machine's dead workers, still
+    listed: their candidates are resumed (adopt_claim) or dropped."""
+    claims = [c for c in read_claims(path) if c != remove] + ([add] if add else [])
     path.write_text("".join(c + "\n" for c in claims))
-    return len(claims)
+    host = socket.gethostname()
+    return [c for c in claims if c.split(":")[0] == host and not _alive(int(c.split(":")[1]))]
 
 
-def train_candidate(config: TrainConfig, hyp: dict[str, float]) -> dict[str, float]:
-    """Train one candidate (validation and saving only at its last epoch); its 7 result columns, by name (P, R,
-    mAP50, mAP50-95 and the validation losses, whose names are the model's)."""
+def adopt_claim(path: Path, orphans: list[str], candidates: Path) -> str | None:
+    """Take over the first orphaned candidate that left its folder (with the lock held): its claim becomes this
+    worker's; orphans without one are dropped. Returns the candidate folder's name, or None."""
+    adopted = None
+    for claim in orphans:
+        folder = claim.split(":", 2)[2] if claim.count(":") >= 2 else ""
+        update_claims(path, remove=claim)
+        if adopted is None and folder and (candidates / folder / "candidate.yaml").is_file():
+            adopted = folder
+            update_claims(path, add=f"{socket.gethostname()}:{os.getpid()}:{folder}")
+        elif folder:
+            shutil.rmtree(candidates / folder, ignore_errors=True)
+    return adopted
+
+
+def train_candidate(config: TrainConfig, hyp: dict[str, float], folder: Path,
+                    on_rung: Callable[[int, float], bool] | None = None,
+                    rungs: tuple[int, ...] = ()) -> tuple[dict[str, float], int]:
+    """Train one candidate in `folder` (validation only at its rungs and last epoch, a snapshot every epoch; a
+    folder with a snapshot is resumed). Returns its 7 result columns by name (P, R, mAP50, mAP50-95 and the
+    validation losses, whose names are the model's) at the epoch it ended, and the epochs it trained.
+    `on_rung(epochs, fitness)` is asked at each rung before the last whether to go on."""
+    from .callbacks import Callbacks
+    from .state import StateError, snapshots
     from .train import train
 
-    with tempfile.TemporaryDirectory(prefix="yolo-accel-evolve-") as work:
-        hyp_file = Path(work) / "hyp.yaml"
+    callbacks = Callbacks()
+    if on_rung is not None:
+        def judge(event) -> None:
+            epochs = event.epoch + 1
+            if epochs in rungs[:-1]:
+                row = [event.metrics[k] for k in list(event.metrics)[3:7]]  # P, R, mAP50, mAP50-95
+                event.stop = not on_rung(epochs, float(fitness(np.array(row)[None])[0]))
+
+        callbacks.add("on_fit_epoch_end", judge)
+    try:
+        snapshots(folder / "state")
+        options = replace(config, resume=str(folder))
+    except StateError:  # not started, or stopped before its first snapshot: from the start, in the same folder
+        hyp_file = folder / "hyp_candidate.yaml"
         hyp_file.write_text(yaml.safe_dump(hyp, sort_keys=False))
-        run = train(replace(config, hyp=str(hyp_file), project=work, name="candidate", noval=True, nosave=True,
-                            noplots=True, resume=None, exist_ok=True, candidate=True))
-        last = read_results(run / "results.csv")[-1]
-    return dict(list(last.items())[4:11])  # after epoch and the three training losses
+        options = replace(config, hyp=str(hyp_file), project=str(folder.parent), name=folder.name, noval=True,
+                          nosave=True, noplots=True, resume=None, exist_ok=True, candidate=True,
+                          val_epochs=rungs[:-1])
+    run = train(options, callbacks)
+    rows = read_results(run / "results.csv")
+    return dict(list(rows[-1].items())[4:11]), len(rows)  # after epoch and the three training losses
+
+
+def next_candidate(save_dir: Path, base: dict[str, float], generations: int, rng: np.random.Generator,
+                   parent: str, n: int) -> tuple[str, dict[str, float]] | None:
+    """With the ledger locked: a candidate a killed worker of this machine left (resumed), else a new one (a
+    mutated parent, or the base hyps first), claimed; None when the ledgers and claims hold `generations`."""
+    ledger, claims, candidates = save_dir / "evolve.csv", save_dir / "evolve.claims", save_dir / "candidates"
+    with locked(ledger):
+        header, rows = read_ledger(ledger)
+        name = adopt_claim(claims, update_claims(claims), candidates)
+        if name is not None:
+            LOGGER.info(f"evolve: resuming candidate {name}, which a stopped worker left")
+            return name, yaml.safe_load((candidates / name / "candidate.yaml").read_text())
+        done = len(rows) + len(read_ledger(save_dir / "evolve_stopped.csv")[1])
+        if done + len(read_claims(claims)) >= generations:  # the rest is being trained by other workers
+            return None
+        if len(rows):
+            chosen = select_parent(rows, rng, parent)
+            hyp = mutate({k: float(chosen[header.index(k)]) for k in base if k in header}, rng)
+        else:
+            hyp = clamp(base)
+        name = f"{socket.gethostname()}-{os.getpid()}-{n}"
+        (candidates / name).mkdir(parents=True, exist_ok=True)
+        atomic_write(candidates / name / "candidate.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(hyp,
+                                                                                                   sort_keys=False)))
+        update_claims(claims, add=f"{socket.gethostname()}:{os.getpid()}:{name}")
+    return name, hyp
+
+
+def rung_judge(save_dir: Path, name: str) -> Callable[[int, float], bool]:
+    """on_rung for a candidate: record its fitness at the rung and tell whether it goes on (keep_training against
+    what earlier candidates recorded there); a candidate resumed after a rung gets its recorded verdict."""
+    ledger, rungs_file = save_dir / "evolve.csv", save_dir / "evolve_rungs.csv"
+
+    def on_rung(epochs: int, score: float) -> bool:
+        with locked(ledger):
+            recorded = read_rungs(rungs_file)
+            mine = [r for r in recorded if r["candidate"] == name and r["epochs"] == epochs]
+            if mine:
+                return not mine[0]["stopped"]
+            go_on = keep_training([r["fitness"] for r in recorded if r["epochs"] == epochs], score)
+            record_rung(rungs_file, name, epochs, score, stopped=not go_on)
+        return go_on
+
+    return on_rung
 
 
 def evolve_worker(config: TrainConfig, save_dir: Path, generations: int, seed: int | None = None,
-                  parent: str = "single") -> None:
-    """Run candidates until the ledger holds `generations` rows (counting every worker's)."""
-    ledger = save_dir / "evolve.csv"
+                  parent: str = "single", halving: bool = False) -> None:
+    """Run candidates until the ledgers hold `generations` of them (counting every worker's)."""
+    ledger, stopped_ledger, rungs_file = save_dir / "evolve.csv", save_dir / "evolve_stopped.csv", \
+        save_dir / "evolve_rungs.csv"
     base = load_hyp(config.hyp)
     if config.noautoanchor or "dfl" in base:  # anchor-free models have no anchors to evolve
         base.pop("anchors", None)
     else:
         base.setdefault("anchors", 3.0)
+    epochs = config.resolved().epochs
+    rungs = rung_epochs(epochs) if halving else (epochs,)
     rng = np.random.default_rng(seed if seed is not None else [os.getpid(), time.time_ns()])
-    claims = save_dir / "evolve.claims"
     for n in itertools.count():
-        claim = f"{socket.gethostname()}:{os.getpid()}:{n}"
-        with locked(ledger):
-            header, rows = read_ledger(ledger)
-            done = len(rows)
-            if done + update_claims(claims) >= generations:  # the rest is being trained by other workers
-                break
-            update_claims(claims, add=claim)
-            if done:
-                chosen = select_parent(rows, rng, parent)
-                hyp = mutate({k: float(chosen[header.index(k)]) for k in base if k in header}, rng)
-            else:
-                hyp = clamp(base)
+        chosen = next_candidate(save_dir, base, generations, rng, parent, n)
+        if chosen is None:
+            break
+        name, hyp = chosen
         start = time.perf_counter()
-        try:
-            results = train_candidate(config, hyp)
-        except BaseException:  # stopped (Ctrl-C, SIGTERM) or failed: drop this candidate's claim, record nothing
-            with locked(ledger):
-                update_claims(claims, remove=claim)
-            raise
-        with locked(ledger):
-            append_row(ledger, hyp, tuple(results.values()), tuple(results))
-            update_claims(claims, remove=claim)
-            header, rows = read_ledger(ledger)
-            best = write_best(save_dir, header, rows)
+        # stopped (Ctrl-C, SIGTERM) or failed, the claim and snapshot stay for the next worker to resume
+        results, trained = train_candidate(config, hyp, save_dir / "candidates" / name,
+                                           rung_judge(save_dir, name) if halving else None, rungs)
         score = float(fitness(np.array(list(results.values()))[None])[0])
-        LOGGER.info(f"evolve: generation {len(rows)}/{generations} fitness {score:.4f}, best {fitness(rows)[best]:.4f} "
-                    f"(generation {best}), {time.perf_counter() - start:.1f}s")
+        with locked(ledger):
+            if trained >= epochs:
+                append_row(ledger, hyp, tuple(results.values()), tuple(results))
+                record_rung(rungs_file, name, trained, score, stopped=False)
+            else:  # stopped at a rung (recorded there)
+                append_row(stopped_ledger, {**hyp, "epochs": float(trained)}, tuple(results.values()),
+                           tuple(results))
+            update_claims(save_dir / "evolve.claims", remove=f"{socket.gethostname()}:{os.getpid()}:{name}")
+            shutil.rmtree(save_dir / "candidates" / name, ignore_errors=True)
+            header, rows = read_ledger(ledger)
+            count = len(rows) + len(read_ledger(stopped_ledger)[1])
+            best = write_best(save_dir, header, rows) if len(rows) else None
+            report_progress(save_dir, header, rows, read_rungs(rungs_file), count, generations, score, best,
+                            trained, epochs, time.perf_counter() - start)
+
+
+def report_progress(save_dir: Path, header: list[str], rows: np.ndarray, history: list[dict], count: int,
+                    generations: int, score: float, best: int | None, trained: int, epochs: int,
+                    seconds: float) -> None:
+    """One line per finished candidate; evolve.png and evolve_compute.png redrawn (with the lock held, so workers
+    never write a plot at once)."""
+    from .plots import plot_evolve, plot_evolve_compute
+
+    best_text = f"best {fitness(rows)[best]:.4f} (generation {best})" if best is not None else "no full candidate yet"
+    how = f"{trained}/{epochs} epochs" + (" (stopped at a rung)" if trained < epochs else "")
+    LOGGER.info(f"evolve: candidate {count}/{generations} fitness {score:.4f}, {best_text}, {how}, {seconds:.1f}s")
+    if len(rows):
+        plot_evolve(save_dir / "evolve.csv", header, rows)
+    plot_evolve_compute(save_dir / "evolve_compute.png", history)
 
 
 def resolve_auto_optimizer(config: TrainConfig, save_dir: Path) -> TrainConfig:
@@ -236,7 +376,7 @@ def resolve_auto_optimizer(config: TrainConfig, save_dir: Path) -> TrainConfig:
 
 
 def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, project: str = "runs/evolve",
-           name: str = "exp", resume: str | None = None, seed: int | None = None) -> Path:
+           name: str = "exp", resume: str | None = None, seed: int | None = None, halving: bool = False) -> Path:
     """`yolo-accel evolve`: one worker here, or `parallel` worker processes; returns the evolve folder."""
     from .train import with_model_defaults
 
@@ -253,23 +393,20 @@ def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, proje
     if config.optimizer == "auto":
         config = resolve_auto_optimizer(config, save_dir)
     atomic_write(save_dir / "opt.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False)))
-    LOGGER.info(f"evolve: {generations} generations in {save_dir} with {parallel} worker(s)")
+    LOGGER.info(f"evolve: {generations} generations in {save_dir} with {parallel} worker(s)" +
+                (f", successive halving at epochs {', '.join(map(str, rung_epochs(config.resolved().epochs)))}"
+                 if halving else ""))
     if parallel <= 1:
-        evolve_worker(config, save_dir, generations, seed)
+        evolve_worker(config, save_dir, generations, seed, halving=halving)
     else:
         workers = [subprocess.Popen([sys.executable, "-m", "yolo_accel.evolve", str(save_dir), str(generations),
-                                     "none" if seed is None else str(seed + i)],
+                                     "none" if seed is None else str(seed + i), *(["halving"] if halving else [])],
                                     env={**os.environ, **({"CUDA_VISIBLE_DEVICES": str(i % device_count())}
                                                           if device_count() else {})})
                    for i in range(parallel)]
         codes = [w.wait() for w in workers]
         if any(codes):
             LOGGER.warning(f"evolve: worker exit codes {codes}")
-    header, rows = read_ledger(save_dir / "evolve.csv")
-    if len(rows):
-        from .plots import plot_evolve
-
-        plot_evolve(save_dir / "evolve.csv", header, rows)
     return save_dir
 
 
@@ -284,4 +421,5 @@ if __name__ == "__main__":  # a --parallel worker: python -m yolo_accel.evolve S
     folder, total = Path(sys.argv[1]), int(sys.argv[2])
     worker_seed = None if sys.argv[3] == "none" else int(sys.argv[3])
     options = yaml.safe_load((folder / "opt.yaml").read_text())
-    evolve_worker(TrainConfig.from_dict(options, str(folder / "opt.yaml")), folder, total, worker_seed)
+    evolve_worker(TrainConfig.from_dict(options, str(folder / "opt.yaml")), folder, total, worker_seed,
+                  halving="halving" in sys.argv[4:])

@@ -326,3 +326,40 @@ def plot_evolve(evolve_csv: Path, header: list[str], rows: np.ndarray) -> Path:
     fig.suptitle(f"fitness of {len(rows)} generations (best + = generation {best})", fontsize=10)
     fig.tight_layout()
     return _save(fig, Path(evolve_csv).with_name("evolve.png"), 200)
+
+
+def compute_curve(history: list[dict]) -> tuple[list[int], list[float], list[tuple[int, float, bool]]]:
+    """From evolve_rungs.csv rows in order: after each finished candidate, the candidate-epochs spent so far and the
+    best fitness of a candidate trained in full; and each finished candidate as (epochs spent, its fitness,
+    stopped at a rung). A candidate finishes with a record that stops it, or at the largest epoch count seen."""
+    full_epochs = max((r["epochs"] for r in history), default=0)
+    trained: dict[str, int] = {}
+    spent, best, points, curve_x, curve_y = 0, float("nan"), [], [], []
+    for record in history:
+        spent += record["epochs"] - trained.get(record["candidate"], 0)
+        trained[record["candidate"]] = record["epochs"]
+        if record["stopped"] or record["epochs"] == full_epochs:
+            if not record["stopped"]:
+                best = record["fitness"] if best != best else max(best, record["fitness"])
+            points.append((spent, record["fitness"], record["stopped"]))
+            curve_x.append(spent)
+            curve_y.append(best)
+    return curve_x, curve_y, points
+
+
+def plot_evolve_compute(path: Path, history: list[dict]) -> Path | None:
+    """evolve_compute.png: the best fitness reached against the candidate-epochs spent (successive halving stops
+    weak candidates early: the same curve for less compute)."""
+    curve_x, curve_y, points = compute_curve(history)
+    if not points:
+        return None
+    fig, ax = _subplots(1, 1, figsize=(6, 4), tight_layout=True)
+    ax.step(curve_x, curve_y, where="post", color="C0", label="best fitness (full candidates)")
+    for stopped, colour, label in ((False, "C0", "full candidate"), (True, "0.6", "stopped at a rung")):
+        chosen = [(x, y) for x, y, s in points if s == stopped]
+        if chosen:
+            ax.scatter(*zip(*chosen), s=14, color=colour, label=label, zorder=3)
+    ax.set_xlabel("candidate-epochs spent")
+    ax.set_ylabel("fitness (0.1 mAP50 + 0.9 mAP50-95)")
+    ax.legend(fontsize=8)
+    return _save(fig, path, 150)

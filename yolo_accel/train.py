@@ -607,7 +607,7 @@ def end_epoch(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> 
     final_epoch = epoch + 1 == config.epochs or training.stopper.possible_stop
     notify(run, training, "on_train_epoch_end", losses=list(loop.mean_loss), lrs=lrs)
     results = (0.0,) * 7
-    if not config.noval or final_epoch:
+    if not config.noval or final_epoch or epoch + 1 in config.val_epochs:
         result = evaluate(training.ema.module, data.val_loader, data.val_indices, accelerator, nc=run.nc,
                           criterion=plan.criterion, single_cls=config.single_cls)
         results, training.maps = result.results(), result.metrics.class_maps
@@ -650,8 +650,8 @@ def save_epoch_weights(run: Run, training: TrainingState, epoch: int) -> list[Pa
 
 
 def save_state(run: Run, training: TrainingState) -> None:
-    """A resumable snapshot from every process (not with --nosave)."""
-    if run.config.nosave:
+    """A resumable snapshot from every process (not with --nosave, but for evolve's candidates, which resume)."""
+    if run.config.nosave and not run.config.candidate:
         return
     accelerator = run.accelerator
     # on every process: gathering a sharded model's state is collective (only the main process keeps it)
