@@ -16,13 +16,15 @@ import yaml
 from conftest import REFERENCE, ROOT
 from safetensors.torch import load_file
 
+import yolo_accel.precision as precision_module
 from yolo_accel import train as train_module
 from yolo_accel.checkpoint import load_model, read_weights, save_weights
 from yolo_accel.config import TrainConfig
 from yolo_accel.data.demo import write_demo_dataset
 from yolo_accel.model import build_model
+from yolo_accel.precision import check_amp, choose_mixed_precision
 from yolo_accel.results import RESULT_COLUMNS, read_results
-from yolo_accel.train import TrainingInterrupted, check_amp, choose_mixed_precision, train
+from yolo_accel.train import TrainingInterrupted, train
 
 TINY = str(REFERENCE / "tiny.yaml")
 
@@ -301,9 +303,10 @@ def test_auto_mixed_precision_follows_the_launcher_then_the_hardware(monkeypatch
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     assert choose_mixed_precision("no", use_cpu=False) == "no"
     assert choose_mixed_precision("auto", use_cpu=False) == "fp16"
-    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)
-    assert choose_mixed_precision("auto", use_cpu=True) == "bf16"
-    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: True)
+    assert choose_mixed_precision("auto", use_cpu=True) == "no"  # bf16 cost accuracy: the user's choice on CPU
+    assert choose_mixed_precision("bf16", use_cpu=True) == "bf16"
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: False)
     assert choose_mixed_precision("auto", use_cpu=True) == "no"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # accelerate launch --mixed_precision no
     assert choose_mixed_precision("auto", use_cpu=False) == "no"

@@ -136,8 +136,7 @@ def train(
     close_mosaic: Annotated[int | None, typer.Option(help="train the last N epochs without mosaic "
                                                      "[default: 0; 10 for YOLOv5u models]")] = None,
     mixed_precision: Annotated[str, typer.Option(
-        help="auto (accelerate launch's choice, else fp16 on CUDA, bf16 on CPUs with bf16 instructions), no, fp16 "
-             "or bf16")] = "auto",
+        help="auto (accelerate launch's choice, else fp16 on CUDA and fp32 on CPU), no, fp16 or bf16")] = "auto",
     device: Annotated[str, typer.Option(help="single process: cpu, or a CUDA index like 0")] = "",
     log_with: Annotated[str, typer.Option(help="trackers, comma-separated: tensorboard, wandb, comet_ml, mlflow, "
                                                "clearml, aim, dvclive, ...; all (every installed one) or none")

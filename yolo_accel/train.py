@@ -67,6 +67,7 @@ from .metrics import fitness
 from .model.summary import summarize
 from .model.yolo import DetectionModel, build_model, is_anchor_free, load_model_yaml
 from .optim import Warmup, auto_optimizer, build_optimizer, lr_lambda, scaled_weight_decay
+from .precision import resolve_precision
 from .results import RESULT_COLUMNS, append_results, drop_results_from, result_columns
 from .state import (
     StateError,
@@ -140,50 +141,6 @@ def find_resume_run(resume: str, project: str) -> Path:
     if not pointers:
         raise ConfigError(f"--resume: no resumable run found under {project}/ (pass --resume PATH)")
     return pointers[-1].parent.parent
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 convolutions are native, ~1.5x fp32's speed (elsewhere they are emulated)."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # a torch without these probes
-        return False
-
-
-def choose_mixed_precision(requested: str, use_cpu: bool) -> str:
-    """--mixed-precision auto: `accelerate launch`'s choice when launched by it, else what the hardware runs
-    natively: fp16 on CUDA (YOLOv5's AMP default), bf16 on a CPU with bf16 instructions, fp32 otherwise."""
-    if requested != "auto":
-        return requested
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
-    if launched == "fp16" and use_cpu:  # a launch config written for GPU machines, run where there are none
-        if os.environ.get("RANK", "0") == "0":
-            LOGGER.warning("WARNING ⚠️ the launch asks for fp16, which needs CUDA; these processes run on CPUs and "
-                           "train in fp32")
-        return "no"
-    if launched:
-        return launched
-    if not use_cpu:
-        return "fp16"
-    return "bf16" if cpu_has_bf16() else "no"
-
-
-def check_amp(model: DetectionModel, device: torch.device, imgsz: int, dtype: torch.dtype) -> bool:
-    """Autocast to `dtype` must reproduce fp32 outputs on a synthetic image, else training falls back to fp32."""
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(1, 3, imgsz, imgsz, generator=generator).to(device)
-    probe = model.to(device).eval()
-    with torch.no_grad():
-        reference = probe(images)
-        with torch.autocast(device.type, dtype=dtype):
-            mixed = probe(images).float()
-    probe.train()
-    scale = torch.tensor([imgsz] * 4 + [1] * (reference.shape[-1] - 4), device=device)
-    # boxes relative to the image, scores as they are: bf16 keeps ~1% relative error, a broken kernel far more
-    ok = torch.allclose(mixed / scale, reference / scale, rtol=0.05, atol=0.01)
-    if not ok:
-        LOGGER.warning(f"AMP: checks failed ❌, {dtype} outputs differ from fp32; training in fp32")
-    return ok
 
 
 @dataclass
@@ -343,14 +300,7 @@ def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
                           "(configs/accelerate/fsdp.yaml)")
     # without CUDA, Accelerate needs cpu=True to form a multi-process (gloo) group from `accelerate launch`
     use_cpu = config.device == "cpu" or not torch.cuda.is_available()
-    mixed_precision = choose_mixed_precision(config.mixed_precision, use_cpu)
-    if mixed_precision in ("fp16", "bf16"):
-        device = torch.device("cpu") if use_cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
-        if device.type == "cpu" and dtype == torch.float16:
-            raise ConfigError("--mixed-precision fp16 needs a CUDA device; use bf16 (or no) on CPU")
-        if not check_amp(build_model(config.model or "yolov5n"), device, config.imgsz, dtype):
-            mixed_precision = "no"
+    mixed_precision = resolve_precision(config, use_cpu)
     if config.batch_size == -1 and use_cpu:
         raise ConfigError("--batch-size -1 (AutoBatch) needs a CUDA device; pass a batch size instead")
     if config.sync_bn and use_cpu:
