@@ -196,3 +196,58 @@ def test_a_killed_worker_leaves_its_candidate_and_the_next_one_finishes_it_exact
     evolve(config, generations=1, resume=str(run), seed=5)  # another worker: resumes, adds no new candidate
     assert np.array_equal(read_ledger(run / "evolve.csv")[1], read_ledger(straight / "evolve.csv")[1])
     assert not (run / "evolve.claims").read_text().strip() and not list((run / "candidates").iterdir())
+
+
+RAY_EVOLVE = """
+import logging, sys
+from yolo_accel.config import TrainConfig
+from yolo_accel.evolve import evolve
+config = TrainConfig(data=sys.argv[1], model=sys.argv[2], epochs=3, batch_size=8, imgsz=64, workers=0,
+                     noautoanchor=True)
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+evolve(config, generations=int(sys.argv[4]), resume=sys.argv[3], seed=0, backend="ray", halving="halving" in sys.argv)
+"""
+
+
+@pytest.mark.slow
+def test_ray_backend_retries_a_killed_task_which_resumes_its_candidate(tiny_data, tmp_path):
+    """A local Ray instance; the worker training the only candidate is SIGKILLed after the candidate's first
+    snapshot: Ray runs the task again, it resumes the snapshot, and the row is written once, equal to an
+    uninterrupted candidate's."""
+    pytest.importorskip("ray")
+    straight = evolve(replace(tiny_config(tiny_data), epochs=3), generations=1, project=str(tmp_path / "a"), seed=0)
+    run = tmp_path / "b" / "exp"
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen([sys.executable, "-c", RAY_EVOLVE, str(tiny_data), str(REFERENCE / "tiny.yaml"),
+                               str(run), "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(run.glob("candidates/*/state/latest.json")):
+        time.sleep(0.05)
+    killed = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(b"ray::run_candidate"):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+                killed += 1
+        except OSError:
+            continue
+    output = driver.communicate(timeout=600)[0]
+    assert killed == 1 and driver.returncode == 0, output[-3000:]
+    assert np.array_equal(read_ledger(run / "evolve.csv")[1], read_ledger(straight / "evolve.csv")[1])
+    assert not (run / "evolve.claims").read_text().strip() and not list((run / "candidates").iterdir())
+
+
+@pytest.mark.slow
+def test_ray_backend_with_halving_fills_the_same_files(tiny_data, tmp_path):
+    pytest.importorskip("ray")
+    run = tmp_path / "exp"
+    result = subprocess.run([sys.executable, "-c", RAY_EVOLVE, str(tiny_data), str(REFERENCE / "tiny.yaml"),
+                             str(run), "4", "halving"], env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    full, stopped = read_ledger(run / "evolve.csv")[1], read_ledger(run / "evolve_stopped.csv")[1]
+    assert len(full) + len(stopped) == 4
+    history = read_rungs(run / "evolve_rungs.csv")
+    assert {r["epochs"] for r in history} <= {1, 3} and sum(r["epochs"] == 3 for r in history) == len(full)
+    assert (run / "hyp_evolve.yaml").is_file() and (run / "evolve.png").is_file()
+    assert "candidate 4/4" in result.stdout + result.stderr

@@ -327,6 +327,10 @@ def evolve(
     resume: Annotated[str | None, typer.Option(help="continue the evolve folder at PATH")] = None,
     halving: Annotated[bool, typer.Option("--halving", help="successive halving: stop candidates that rank in the "
                                                             "bottom two thirds at epochs E/9 and E/3")] = False,
+    backend: Annotated[str, typer.Option(help="file (workers sharing a locked ledger) or ray (one task per "
+                                              "candidate on a Ray cluster)")] = "file",
+    address: Annotated[str | None, typer.Option(help="--backend ray: the cluster's address [default: $RAY_ADDRESS, "
+                                                     "else a local Ray]")] = None,
     device: Device = "",
 ) -> None:
     """Evolve hyperparameters with YOLOv5's genetic search; workers share evolve.csv through a file lock."""
@@ -344,7 +348,7 @@ def evolve(
 
     try:
         run_evolve(config, generations=generations, parallel=parallel, project=project, name=name,
-                   resume=resume, halving=halving)
+                   resume=resume, halving=halving, backend=backend, address=address)
     except TrainingInterrupted:
         typer.echo("evolve stopped; its unfinished candidate is saved. Re-run the same command to continue it.")
         raise typer.Exit(0) from None

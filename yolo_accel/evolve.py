@@ -123,6 +123,13 @@ def read_rungs(path: Path) -> list[dict]:
     return rows
 
 
+def write_rungs(path: Path, history: list[dict]) -> None:
+    """evolve_rungs.csv rewritten whole (a driver that holds every record)."""
+    lines = [",".join(RUNG_COLUMNS)] + [f"{r['candidate']},{r['epochs']},{r['fitness']:.6g},{int(r['stopped'])}"
+                                        for r in history]
+    atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+
+
 def record_rung(path: Path, candidate: str, epochs: int, score: float, stopped: bool) -> None:
     """Append one rung result (with the ledger's lock held)."""
     text = "" if path.exists() else ",".join(RUNG_COLUMNS) + "\n"
@@ -288,34 +295,44 @@ def next_candidate(save_dir: Path, base: dict[str, float], generations: int, rng
     return name, hyp
 
 
+def judge_rung(history: list[dict], name: str, epochs: int, score: float) -> tuple[bool, dict | None]:
+    """Whether candidate `name` goes on past the rung at `epochs` (keep_training against what earlier candidates
+    recorded there), and the record to add (None when it was judged there before a restart: the same verdict)."""
+    mine = [r for r in history if r["candidate"] == name and r["epochs"] == epochs]
+    if mine:
+        return not mine[0]["stopped"], None
+    go_on = keep_training([r["fitness"] for r in history if r["epochs"] == epochs], score)
+    return go_on, {"candidate": name, "epochs": epochs, "fitness": score, "stopped": not go_on}
+
+
 def rung_judge(save_dir: Path, name: str) -> Callable[[int, float], bool]:
-    """on_rung for a candidate: record its fitness at the rung and tell whether it goes on (keep_training against
-    what earlier candidates recorded there); a candidate resumed after a rung gets its recorded verdict."""
+    """on_rung for a candidate of the file-locked ledger: judge_rung against evolve_rungs.csv, recorded there."""
     ledger, rungs_file = save_dir / "evolve.csv", save_dir / "evolve_rungs.csv"
 
     def on_rung(epochs: int, score: float) -> bool:
         with locked(ledger):
-            recorded = read_rungs(rungs_file)
-            mine = [r for r in recorded if r["candidate"] == name and r["epochs"] == epochs]
-            if mine:
-                return not mine[0]["stopped"]
-            go_on = keep_training([r["fitness"] for r in recorded if r["epochs"] == epochs], score)
-            record_rung(rungs_file, name, epochs, score, stopped=not go_on)
+            go_on, record = judge_rung(read_rungs(rungs_file), name, epochs, score)
+            if record is not None:
+                record_rung(rungs_file, name, epochs, score, stopped=record["stopped"])
         return go_on
 
     return on_rung
 
 
-def evolve_worker(config: TrainConfig, save_dir: Path, generations: int, seed: int | None = None,
-                  parent: str = "single", halving: bool = False) -> None:
-    """Run candidates until the ledgers hold `generations` of them (counting every worker's)."""
-    ledger, stopped_ledger, rungs_file = save_dir / "evolve.csv", save_dir / "evolve_stopped.csv", \
-        save_dir / "evolve_rungs.csv"
+def base_hyp(config: TrainConfig) -> dict[str, float]:
+    """The starting hyperparameters, with the anchor count as a gene unless anchors are not evolved."""
     base = load_hyp(config.hyp)
     if config.noautoanchor or "dfl" in base:  # anchor-free models have no anchors to evolve
         base.pop("anchors", None)
     else:
         base.setdefault("anchors", 3.0)
+    return base
+
+
+def evolve_worker(config: TrainConfig, save_dir: Path, generations: int, seed: int | None = None,
+                  parent: str = "single", halving: bool = False) -> None:
+    """Run candidates until the ledgers hold `generations` of them (counting every worker's)."""
+    base = base_hyp(config)
     epochs = config.resolved().epochs
     rungs = rung_epochs(epochs) if halving else (epochs,)
     rng = np.random.default_rng(seed if seed is not None else [os.getpid(), time.time_ns()])
@@ -328,21 +345,34 @@ def evolve_worker(config: TrainConfig, save_dir: Path, generations: int, seed: i
         # stopped (Ctrl-C, SIGTERM) or failed, the claim and snapshot stay for the next worker to resume
         results, trained = train_candidate(config, hyp, save_dir / "candidates" / name,
                                            rung_judge(save_dir, name) if halving else None, rungs)
-        score = float(fitness(np.array(list(results.values()))[None])[0])
-        with locked(ledger):
-            if trained >= epochs:
-                append_row(ledger, hyp, tuple(results.values()), tuple(results))
-                record_rung(rungs_file, name, trained, score, stopped=False)
-            else:  # stopped at a rung (recorded there)
-                append_row(stopped_ledger, {**hyp, "epochs": float(trained)}, tuple(results.values()),
-                           tuple(results))
-            update_claims(save_dir / "evolve.claims", remove=f"{socket.gethostname()}:{os.getpid()}:{name}")
-            shutil.rmtree(save_dir / "candidates" / name, ignore_errors=True)
-            header, rows = read_ledger(ledger)
-            count = len(rows) + len(read_ledger(stopped_ledger)[1])
-            best = write_best(save_dir, header, rows) if len(rows) else None
-            report_progress(save_dir, header, rows, read_rungs(rungs_file), count, generations, score, best,
-                            trained, epochs, time.perf_counter() - start)
+        finish_candidate(save_dir, name, hyp, results, trained, epochs, generations, time.perf_counter() - start)
+
+
+def finish_candidate(save_dir: Path, name: str, hyp: dict[str, float], results: dict[str, float], trained: int,
+                     epochs: int, generations: int, seconds: float, rungs: list[dict] | None = None) -> None:
+    """A finished candidate's row (evolve.csv if trained in full, else evolve_stopped.csv with its epochs), its
+    claim and folder gone, hyp_evolve.yaml and the plots updated, a progress line; all with the ledger locked.
+    `rungs`: every rung record, this candidate's last one included, to write as evolve_rungs.csv (a driver that
+    holds them); without it the record is appended to the file."""
+    ledger, stopped_ledger, rungs_file = save_dir / "evolve.csv", save_dir / "evolve_stopped.csv", \
+        save_dir / "evolve_rungs.csv"
+    score = float(fitness(np.array(list(results.values()))[None])[0])
+    with locked(ledger):
+        if trained >= epochs:
+            append_row(ledger, hyp, tuple(results.values()), tuple(results))
+        else:  # stopped at a rung (recorded there)
+            append_row(stopped_ledger, {**hyp, "epochs": float(trained)}, tuple(results.values()), tuple(results))
+        if rungs is not None:
+            write_rungs(rungs_file, rungs)
+        elif trained >= epochs:
+            record_rung(rungs_file, name, trained, score, stopped=False)
+        update_claims(save_dir / "evolve.claims", remove=f"{socket.gethostname()}:{os.getpid()}:{name}")
+        shutil.rmtree(save_dir / "candidates" / name, ignore_errors=True)
+        header, rows = read_ledger(ledger)
+        count = len(rows) + len(read_ledger(stopped_ledger)[1])
+        best = write_best(save_dir, header, rows) if len(rows) else None
+        report_progress(save_dir, header, rows, read_rungs(rungs_file), count, generations, score, best, trained,
+                        epochs, seconds)
 
 
 def report_progress(save_dir: Path, header: list[str], rows: np.ndarray, history: list[dict], count: int,
@@ -376,8 +406,15 @@ def resolve_auto_optimizer(config: TrainConfig, save_dir: Path) -> TrainConfig:
 
 
 def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, project: str = "runs/evolve",
-           name: str = "exp", resume: str | None = None, seed: int | None = None, halving: bool = False) -> Path:
-    """`yolo-accel evolve`: one worker here, or `parallel` worker processes; returns the evolve folder."""
+           name: str = "exp", resume: str | None = None, seed: int | None = None, halving: bool = False,
+           backend: str = "file", address: str | None = None, cpus_per_candidate: int = 0) -> Path:
+    """`yolo-accel evolve`: one worker here, or `parallel` worker processes sharing the file-locked ledger, or
+    (backend "ray") one task per candidate on a Ray cluster (evolve_ray.py); returns the evolve folder."""
+    if backend not in ("file", "ray"):
+        raise ConfigError(f"--backend must be file or ray, got {backend!r}")
+    if backend == "ray" and parallel > 1:
+        raise ConfigError("--parallel is for the file backend; with --backend ray the cluster decides how many "
+                          "candidates run at once")
     from .train import with_model_defaults
 
     config = with_model_defaults(config)
@@ -393,10 +430,15 @@ def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, proje
     if config.optimizer == "auto":
         config = resolve_auto_optimizer(config, save_dir)
     atomic_write(save_dir / "opt.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False)))
-    LOGGER.info(f"evolve: {generations} generations in {save_dir} with {parallel} worker(s)" +
+    workers = "a Ray cluster" if backend == "ray" else f"{parallel} worker(s)"
+    LOGGER.info(f"evolve: {generations} generations in {save_dir} on {workers}" +
                 (f", successive halving at epochs {', '.join(map(str, rung_epochs(config.resolved().epochs)))}"
                  if halving else ""))
-    if parallel <= 1:
+    if backend == "ray":
+        from .evolve_ray import evolve_on_ray
+
+        evolve_on_ray(config, save_dir, generations, seed, halving, address, cpus_per_candidate)
+    elif parallel <= 1:
         evolve_worker(config, save_dir, generations, seed, halving=halving)
     else:
         workers = [subprocess.Popen([sys.executable, "-m", "yolo_accel.evolve", str(save_dir), str(generations),
