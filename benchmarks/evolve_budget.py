@@ -1,6 +1,7 @@
 """What successive halving saves: YOLOv5's genetic search with and without `--halving`, same candidate budget.
 
-    python benchmarks/evolve_budget.py --data demo --epochs 9 --candidates 12 --seeds 0 1 2 --out /tmp/evolve-budget
+    python benchmarks/evolve_budget.py --data demo --epochs 9 --candidates 12 --seeds 0 1 2 --out /tmp/evolve-budget \
+        [--weights runs/train/exp/weights/best.safetensors]
 
 For each seed (the search's own random draws; every candidate trains with seed 0, as `yolo-accel evolve` does) both
 searches run one worker over the same number of candidates. Reported per run: the best fitness (0.1 mAP50 + 0.9
@@ -23,6 +24,7 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="demo")
     parser.add_argument("--cfg", default="yolov5n.yaml")
+    parser.add_argument("--weights", default="", help="every candidate starts from these (YOLOv5's usual evolve)")
     parser.add_argument("--epochs", type=int, default=9, help="epochs of a candidate trained in full")
     parser.add_argument("--candidates", type=int, default=12)
     parser.add_argument("--img", type=int, default=128)
@@ -39,7 +41,7 @@ def run_search(args: argparse.Namespace, seed: int, halving: bool) -> dict:
     from yolo_accel.plots import compute_curve
 
     name = f"{'halving' if halving else 'plain'}-seed{seed}"
-    config = TrainConfig(data=args.data, model=args.cfg, epochs=args.epochs, imgsz=args.img,
+    config = TrainConfig(data=args.data, model=args.cfg, weights=args.weights, epochs=args.epochs, imgsz=args.img,
                          batch_size=args.batch_size, workers=args.workers)
     start = time.perf_counter()
     folder = evolve(config, generations=args.candidates, project=str(args.out), name=name, resume=str(args.out / name),

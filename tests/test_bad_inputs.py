@@ -177,3 +177,55 @@ def test_a_torn_evolve_row_is_skipped_and_the_next_stays_whole(tmp_path, caplog)
         _, rows = read_ledger(ledger)
     assert rows.shape == (2, 8) and rows[:, -1].tolist() == [0.01, 0.02]
     assert "skipping line 3, a torn or damaged row" in caplog.text
+
+
+def unusable_projects(tmp_path: Path) -> list[tuple[str, str]]:
+    """(--project, what the error names) for places a run folder cannot be made."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("a file, not a folder")
+    places = [(str(afile / "runs"), "notes.txt"), ("/proc/yolo-accel-runs", "/proc")]
+    if Path("/sys/kernel").is_dir():
+        places.append(("/sys/kernel/yolo-accel-runs", "sysfs"))
+    return places
+
+
+@pytest.mark.parametrize("command", ["train", "val", "detect", "evolve"])
+def test_output_places_that_cannot_be_made(data, tmp_path, command):
+    """--project under a file or on a kernel file system: one error line naming the path, before any work."""
+    for project, named in unusable_projects(tmp_path):
+        args = {"train": train_args(data, project=project),
+                "val": ["val", "--data", str(data), "--weights", WEIGHTS, "--img", "64", "--project", project],
+                "detect": ["detect", "--weights", WEIGHTS, "--source", str(data.parent / "images" / "val"),
+                           "--project", project],
+                "evolve": ["evolve", "--data", str(data), "--cfg", TINY, "--epochs", "1", "--img", "64",
+                           "--project", project, "--generations", "1"]}[command]
+        line = refused(args, named, cwd=tmp_path)
+        assert "cannot write the run folder" in line
+        assert not Path(project).exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not bind root")
+def test_output_places_without_permission(data, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    weights = tmp_path / "locked" / "w.safetensors"
+    weights.write_bytes(Path(WEIGHTS).read_bytes())
+    locked.chmod(0o555)
+    try:
+        refused(train_args(data, project=str(locked / "runs")), str(locked), "permission denied", cwd=tmp_path)
+        refused(["export", "--weights", str(weights), "--include", "torchscript"], str(locked), cwd=tmp_path)
+    finally:
+        locked.chmod(0o755)
+
+
+def test_a_read_only_file_system_is_named(tmp_path, monkeypatch):
+    from yolo_accel.config import ConfigError
+    from yolo_accel.files import check_output_folder
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
+    monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly())
+    with pytest.raises(ConfigError, match=f"{tmp_path} is a read-only file system"):
+        check_output_folder(tmp_path / "runs" / "exp")

@@ -22,6 +22,13 @@ def test_help_lists_every_command():
     assert listed == ["train", "val", "detect", "export", "evolve", "convert", "info", "convert-dataset"]
 
 
+@pytest.mark.parametrize("command", ["train", "val", "detect", "export", "evolve", "convert", "info",
+                                     "convert-dataset"])
+def test_help_shows_percent_signs_as_written(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "%%" not in result.output, result.output
+
+
 def test_info_prints_the_reference_summary_line():
     expected = json.loads((REFERENCE / "models.json").read_text())["yolov5s"]["summary"]["line"]
     result = runner.invoke(app, ["info", "--model", "yolov5s.yaml", "--img", "640"])

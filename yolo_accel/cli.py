@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 
 # DataLoader workers share the CPU with PyTorch's threads; passive OpenMP waiting stops those threads spinning on
@@ -46,7 +47,7 @@ ModelCfg = Annotated[str, typer.Option(help="model yaml or name (default: the we
 Rect = Annotated[bool, typer.Option("--rect", help="rectangular training batches")]
 Cache = Annotated[str | None, typer.Option(help="cache images in ram (bare --cache) or disk")]
 ImageWeights = Annotated[bool, typer.Option("--image-weights", help="weighted image selection")]
-MultiScale = Annotated[bool, typer.Option("--multi-scale", help="vary image size +/- 50%%")]
+MultiScale = Annotated[bool, typer.Option("--multi-scale", help="vary image size +/- 50%")]
 SingleCls = Annotated[bool, typer.Option("--single-cls", help="train as single-class")]
 Optimizer = Annotated[str, typer.Option(help="SGD, Adam, AdamW or auto [default: SGD; auto for YOLOv5u models]")]
 CosLr = Annotated[bool, typer.Option("--cos-lr", help="cosine LR schedule")]
@@ -80,9 +81,26 @@ def select_device(device: str) -> None:
              f"(nvidia-smi lists them)")
 
 
+def escape_unprintable(err: UnicodeError) -> tuple[str, int]:
+    """An encoding error handler: a byte of a file name that was not valid text (Python keeps it as a surrogate,
+    U+DC80-U+DCFF) prints as \\xNN, as the byte it was; any other character the stream cannot take as \\uNNNN."""
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    text = err.object[err.start:err.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else
+                   c.encode("ascii", "backslashreplace").decode() for c in text), err.end
+
+
+ESCAPE_ERRORS = "yolo_accel.escape"
+codecs.register_error(ESCAPE_ERRORS, escape_unprintable)
+
+
 def setup_logging() -> None:
     """INFO on the main process, warnings only on the others (ranks come from the launcher's environment)."""
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+    for stream in (sys.stdout, sys.stderr):  # file names that are not valid text print escaped, never raise
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=ESCAPE_ERRORS)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
                         stream=sys.stdout, force=True)
     logging.getLogger("matplotlib").setLevel(logging.ERROR)  # no "building the font cache" chatter
@@ -154,6 +172,7 @@ def train(
         os.environ["ACCELERATE_LAUNCH"] = "1"
         raise typer.Exit(subprocess.call(command))
     from .config import TrainConfig
+    from .data.loader import LoaderWorkerLost
     from .data.sources import DataError
     from .distributed import ProcessLost
     from .engine import NonFiniteLoss
@@ -182,7 +201,7 @@ def train(
         raise typer.Exit(0) from None  # a deliberate stop: the state is saved and the message says how to resume
     except ProcessLost as err:  # one line, from one survivor
         fail(str(err)) if err.report else sys.exit(1)
-    except (ConfigError, WeightsError, DataError, StateError, NonFiniteLoss) as err:
+    except (ConfigError, WeightsError, DataError, StateError, NonFiniteLoss, LoaderWorkerLost) as err:
         fail(str(err))
 
 

@@ -10,6 +10,7 @@ import torch
 
 from .checkpoint import load_model
 from .config import ConfigError, check_options
+from .files import check_output_folder
 
 LOGGER = logging.getLogger("yolo_accel")
 FORMATS = ("torchscript", "onnx")
@@ -75,6 +76,8 @@ def export(weights: str, *, include: tuple[str, ...] = FORMATS, imgsz: int = 640
     check_options((imgsz >= 32, f"--imgsz must be at least 32, got {imgsz}"),
                   (batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}"),
                   (7 <= opset <= 30, f"--opset must be an ONNX opset from 7 to 30, got {opset}"))
+    if Path(weights).is_file():
+        check_output_folder(Path(weights).parent, "exported files into")
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if half and not use_cuda:
         raise ConfigError("--half export needs a CUDA device")

@@ -41,25 +41,80 @@ def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = Fals
         raise
 
 
+# kernel file systems where a "folder" is an interface (creating one under cgroup makes a control group)
+PSEUDO_FILE_SYSTEMS = {"proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore", "bpf",
+                       "configfs", "efivarfs", "fusectl", "devpts", "mqueue", "binfmt_misc", "nsfs", "rpc_pipefs"}
+
+
+def file_system_type(path: Path) -> str:
+    """The type of the file system holding the existing `path` ("ext4", "proc", ...), "" where unknown."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:  # not Linux
+        return ""
+    target, best, kind = os.path.realpath(path), "", ""
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])  # \040 is a space
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def check_output_folder(path: str | Path, what: str = "the run folder") -> None:
+    """Refuse, before any work, a folder that cannot be made or written: under a file, on a pseudo file system such
+    as /proc or /sys, on a read-only file system or without permission. Raises ConfigError naming the path."""
+    path = Path(path)
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot write {what} {path}: {existing} exists and is not a folder")
+    kind = file_system_type(existing)
+    if kind in PSEUDO_FILE_SYSTEMS:
+        raise ConfigError(f"cannot write {what} {path}: {existing} is on the kernel's {kind} file system, which holds "
+                          f"no files of ours; choose a folder on a disk")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        try:
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        except (OSError, AttributeError):
+            read_only = False
+        why = "a read-only file system" if read_only else "not writable (permission denied)"
+        raise ConfigError(f"cannot write {what} {path}: {existing} is {why}")
+
+
 def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = False) -> Path:
     """runs/train/exp -> runs/train/exp2, exp3, ... (the first free one), as YOLOv5 names run folders. With
-    `mkdir` the folder is claimed by creating it, so runs started at the same moment never get the same one."""
+    `mkdir` the folder is claimed by creating it, so runs started at the same moment never get the same one; a
+    place where it cannot be made is a ConfigError naming it (check_output_folder)."""
     path = Path(path)
+    if mkdir:
+        check_output_folder(path)
+        try:
+            return _claim_folder(path, exist_ok)
+        except OSError as err:  # what the checks could not foresee (a full disk, a quota, a race)
+            raise ConfigError(f"cannot write the run folder {path}: {err.strerror or err}") from None
     if exist_ok:
-        if mkdir:
-            path.mkdir(parents=True, exist_ok=True)
         return path
+    return _next_free(path) if path.exists() else path
+
+
+def _next_free(path: Path) -> Path:
     pattern = re.compile(rf"^{re.escape(path.name)}(\d+)$")
+    taken = [int(m.group(1)) for p in path.parent.iterdir() if (m := pattern.match(p.name))]
+    n = max([1, *taken]) + 1
+    while path.with_name(f"{path.name}{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}{n}")
 
-    def next_free() -> Path:
-        taken = [int(m.group(1)) for p in path.parent.iterdir() if (m := pattern.match(p.name))]
-        n = max([1, *taken]) + 1
-        while path.with_name(f"{path.name}{n}").exists():
-            n += 1
-        return path.with_name(f"{path.name}{n}")
 
-    if not mkdir:
-        return next_free() if path.exists() else path
+def _claim_folder(path: Path, exist_ok: bool) -> Path:
+    if exist_ok:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     candidate = path
     while True:
@@ -67,7 +122,7 @@ def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = False
             candidate.mkdir()
             return candidate
         except FileExistsError:  # taken, perhaps a moment ago by another run
-            candidate = next_free()
+            candidate = _next_free(path)
 
 
 @contextlib.contextmanager
@@ -99,7 +154,7 @@ def safe_filename(name: object, fallback: str) -> str:
     it is cut to 120 bytes, and "", "." or ".." (and names of dots alone) become `fallback`. For text that comes from
     files (class names in weights or data yamls), never trusted to name a folder as it is."""
     text = _UNSAFE_IN_NAME.sub("_", str(name)).strip()
-    text = text.encode()[:_MAX_NAME_BYTES].decode(errors="ignore").rstrip(" .")
+    text = text.encode(errors="surrogateescape")[:_MAX_NAME_BYTES].decode(errors="ignore").rstrip(" .")
     return text if text.strip(".") else fallback
 
 

@@ -40,7 +40,14 @@ from .config import (
 )
 from .data.dataset import YoloDataset, check_labels, labels_to_class_weights, labels_to_image_weights
 from .data.labels import scan_labels
-from .data.loader import EpochSampler, build_dataloader
+from .data.loader import (
+    EpochSampler,
+    LoaderWorkerLost,
+    build_dataloader,
+    describe_lost_worker,
+    loader_worker_lost,
+    worker_failures_between_batches,
+)
 from .data.sources import DataConfig, list_images, load_data_config
 from .distributed import (
     ProcessLost,
@@ -217,7 +224,8 @@ def fit(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> bool:
         save_state(run, training)
         interval.restart()
 
-    with StopRequest() as stop_request:
+    with StopRequest() as stop_request, worker_failures_between_batches(), \
+            saved_when_a_worker_dies(run, training, plan):
         while training.loop.epoch < run.config.epochs:
             epoch = training.loop.epoch
             if run.config.image_weights:
@@ -240,6 +248,28 @@ def fit(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> bool:
             if stop:
                 break
     return False
+
+
+@contextlib.contextmanager
+def saved_when_a_worker_dies(run: Run, training: TrainingState, plan: StepPlan) -> Iterator[None]:
+    """A loader worker that died (the OOM killer's SIGKILL, usually) stops the run with LoaderWorkerLost: during an
+    epoch's batches the state is saved where it stands (between batches: worker_failures_between_batches), so
+    --resume continues exactly; elsewhere (validation) the latest snapshot is what remains."""
+    try:
+        yield
+    except RuntimeError as err:
+        if not loader_worker_lost(err):
+            raise
+        state = training.loop
+        saved = 0 < state.batch < plan.batches_per_epoch and run.accelerator.num_processes == 1
+        if saved:
+            save_state(run, training)
+        where = (f"the training state is saved at epoch {state.epoch}, batch {state.batch}" if saved else
+                 "the latest snapshot is kept")
+        raise LoaderWorkerLost(
+            f"{describe_lost_worker(err)} during epoch {state.epoch}; {where}. Memory is the usual cause (the "
+            f"kernel's OOM killer): lower --workers or --batch-size, or leave out --cache ram. Continue with: "
+            f"yolo-accel train --resume {run.paths.save_dir}") from None
 
 
 @contextlib.contextmanager

@@ -91,6 +91,12 @@ def validate_best(best: Path, accelerator: Accelerator, loader: DataLoader, indi
     return result
 
 
+def coco_image_id(stem: str) -> int | str:
+    """COCO's image id for a file stem: the number when the stem is ASCII digits (COCO's 000000000139 is 139), else
+    the stem itself (str.isnumeric() also accepts '½' and '٣', which int() refuses)."""
+    return int(stem) if stem.isascii() and stem.isdigit() else stem
+
+
 def save_predictions(result: EvalResult, dataset: YoloDataset, save_dir: Path, save_txt: bool, save_conf: bool,
                      save_json: bool, weights_name: str) -> None:
     """YOLO-format label files per image and/or one COCO-format detections JSON (boxes in original pixels)."""
@@ -105,7 +111,7 @@ def save_predictions(result: EvalResult, dataset: YoloDataset, save_dir: Path, s
             (save_dir / "labels" / f"{path.stem}.txt").write_text(
                 label_rows(boxes[:, :4], boxes[:, 4], boxes[:, 5], width, height, save_conf))
         if save_json:
-            image_id = int(path.stem) if path.stem.isnumeric() else path.stem
+            image_id = coco_image_id(path.stem)
             xywh = xyxy_to_xywh(boxes[:, :4])
             xywh[:, :2] -= xywh[:, 2:] / 2  # COCO boxes are top-left corner + size
             for box, conf, cls in zip(xywh.tolist(), boxes[:, 4].tolist(), boxes[:, 5].tolist()):

@@ -293,7 +293,7 @@ class YoloDataset(Dataset):
     def _npy_path(self, i: int, folder: Path) -> Path:
         path = self.files[i]
         stat = path.stat()
-        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        key = hashlib.sha256(os.fsencode(path.resolve()) + f":{stat.st_size}:{stat.st_mtime_ns}".encode())
         return folder / f"{key.hexdigest()[:24]}.npy"
 
     def _cache_disk(self) -> None:

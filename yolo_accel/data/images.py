@@ -38,7 +38,11 @@ def read_image(path: Path, reduce: int = 1, restore: bool = False) -> np.ndarray
     1/reduce of its size (other formats may come back at full size). `restore` decodes a truncated JPEG as far as
     its data goes (Pillow's lenient mode), as the label scan found it usable."""
     if not restore:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB | _REDUCED[reduce])
+        # from the file's bytes, not its name: OpenCV cannot open names that are not valid text (Linux names are
+        # bytes; it crashed on some), nor non-ASCII names on Windows
+        with open(path, "rb") as f:
+            data = np.frombuffer(f.read(), np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB | _REDUCED[reduce]) if data.size else None
         if image is not None:
             return image
     try:

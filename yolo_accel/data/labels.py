@@ -19,7 +19,8 @@ from .images import exif_size, read_image
 from .sources import IMAGE_FORMATS, label_path
 
 LOGGER = logging.getLogger("yolo_accel")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: JPEGs with corrupt data are named (jpeg_damage)
+COUNTS = ("found", "missing", "empty", "corrupt", "damaged")
 MIN_SIDE = 10  # pixels; smaller images are skipped as corrupt
 
 
@@ -37,8 +38,9 @@ class LabelIndex:
 
     def summary(self) -> str:
         c = self.counts
+        damaged = f", {c['damaged']} with corrupt JPEG data (kept)" if c.get("damaged") else ""
         return (f"{len(self.images)} images, {c.get('missing', 0) + c.get('empty', 0)} backgrounds, "
-                f"{c.get('corrupt', 0)} corrupt")
+                f"{c.get('corrupt', 0)} corrupt{damaged}")
 
 
 @dataclass
@@ -48,8 +50,31 @@ class PairResult:
     labels: np.ndarray | None = None
     segments: list[np.ndarray] = field(default_factory=list)
     restore: bool = False
+    damaged: bool = False  # corrupt JPEG data that still decodes (named, kept)
     status: str = "found"  # found | missing | empty | corrupt
     message: str = ""
+
+
+def jpeg_damage(data: bytes, path: Path) -> str:
+    """libjpeg's warning for a JPEG whose data is corrupt but still decodes ("Corrupt JPEG data: 1817 extraneous
+    bytes before marker 0xd9", "... premature end of data segment", "... bad Huffman code"): such a file trains as
+    garbled pixels. One decode at 1/8 scale, in grey (the entropy data is read in full, the rest is skipped); ""
+    when clean, or when the check cannot run (simplejpeg missing; a colour space it does not convert)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return ""
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=1, min_width=1, min_factor=8, strict=True)
+        return ""
+    except ValueError as err:
+        warning = str(err)
+    try:  # a warning stops only the strict decode; an error stops both and is the decoders' to judge (read_image)
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=1, min_width=1, min_factor=8, strict=False)
+    except ValueError:
+        read_image(path)
+        return ""
+    return warning.rstrip(".") or "corrupt JPEG data"
 
 
 def verify_pair(image_path: Path, label_file: Path) -> PairResult:
@@ -71,10 +96,13 @@ def verify_pair(image_path: Path, label_file: Path) -> PairResult:
             raise ValueError(f"image size {shape[0]}x{shape[1]} is under {MIN_SIDE} pixels")
         if fmt in ("jpeg", "mpo"):
             with open(image_path, "rb") as f:
-                f.seek(-2, os.SEEK_END)
-                if f.read() != b"\xff\xd9":
-                    result.restore = True
-                    result.message = f"{image_path}: truncated JPEG, restored when loaded (the file is not changed)"
+                data = f.read()
+            if not data.endswith(b"\xff\xd9"):
+                result.restore = True
+                result.message = f"{image_path}: truncated JPEG, restored when loaded (the file is not changed)"
+            elif damage := jpeg_damage(data, image_path):
+                result.damaged = True
+                result.message = f"{image_path}: {damage}; it decodes, and trains as decoded (check the file)"
         result.shape = shape
     except Exception as err:  # any decoder error means an unusable image
         reason = str(err) or type(err).__name__
@@ -143,7 +171,7 @@ def dataset_hash(images: list[Path], label_files: list[Path]) -> str:
             mark = f"{stat.st_size}:{stat.st_mtime_ns}"
         except OSError:
             mark = "-1"
-        digest.update(str(p).encode())
+        digest.update(os.fsencode(p))
         digest.update(mark.encode())
     return digest.hexdigest()
 
@@ -168,7 +196,7 @@ def save_cache(path: Path, index: LabelIndex, digest: str) -> bool:
         "segment_sizes": np.array([len(p) for p in flat_segments], np.int64),
         "segment_points": (np.concatenate(flat_segments) if flat_segments else np.zeros((0, 2))).astype(np.float32),
         "restore": index.restore.astype(bool),
-        "counts": np.array([index.counts.get(k, 0) for k in ("found", "missing", "empty", "corrupt")]),
+        "counts": np.array([index.counts.get(k, 0) for k in COUNTS]),
         "messages": np.array(index.messages if index.messages else [""]),
     }
 
@@ -194,7 +222,7 @@ def load_cache(path: Path, digest: str) -> LabelIndex | None:
             labels = np.split(z["labels"], np.cumsum(label_counts)[:-1]) if len(label_counts) else []
             polygons = np.split(z["segment_points"], np.cumsum(seg_sizes)[:-1]) if len(seg_sizes) else []
             grouped = np.split(np.arange(len(polygons)), np.cumsum(seg_counts)[:-1]) if len(seg_counts) else []
-            counts = dict(zip(("found", "missing", "empty", "corrupt"), z["counts"].tolist()))
+            counts = dict(zip(COUNTS, z["counts"].tolist()))
             return LabelIndex(images=[Path(p) for p in z["images"].tolist()], shapes=z["shapes"],
                               labels=[x.reshape(-1, 5) for x in labels],
                               segments=[[polygons[i] for i in g] for g in grouped], restore=z["restore"],
@@ -218,11 +246,12 @@ def scan_labels(images: list[Path], prefix: str = "", workers: int = 8, use_cach
         return index
 
     results: list[PairResult] = []
-    counts = {"found": 0, "missing": 0, "empty": 0, "corrupt": 0}
+    counts = dict.fromkeys(COUNTS, 0)
     with ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1))) as pool, \
             Progress(len(images), f"{prefix}Scanning {cache.parent}", enabled=verbose) as bar:
         for result in pool.map(verify_pair, images, label_files):
             counts[result.status] += 1
+            counts["damaged"] += result.damaged
             results.append(result)
             bar.update(1, f"{counts['found']} found, {counts['missing']} missing, {counts['empty']} empty, "
                           f"{counts['corrupt']} corrupt")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import gc
 import multiprocessing.util
 import os
+import re
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import NamedTuple
@@ -203,6 +206,52 @@ def outlive_sigterm(signum: int, frame: FrameType | None) -> None:
         frame = frame.f_back
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+class LoaderWorkerLost(RuntimeError):
+    """A DataLoader worker process died (killed by a signal, as the OOM killer does); the message says what to do."""
+
+
+def loader_worker_lost(err: BaseException) -> bool:
+    """Whether `err` is DataLoader's report of a worker that died."""
+    return isinstance(err, RuntimeError) and "DataLoader worker (pid" in str(err)
+
+
+def describe_lost_worker(err: BaseException) -> str:
+    """'a data loader worker (pid 123) was killed by signal SIGKILL' from DataLoader's message."""
+    text = str(err)
+    pids = re.search(r"\(pids?\(?s?\)? ([\d, ]+)\)", text)
+    killed = re.search(r"killed by signal: ([\w ]+)", text)
+    who = f"a data loader worker (pid {pids.group(1)})" if pids else "a data loader worker"
+    if killed:
+        return f"{who} was killed by a signal ({killed.group(1).strip().rstrip('.')})"
+    return f"{who} exited unexpectedly"
+
+
+@contextlib.contextmanager
+def worker_failures_between_batches() -> Iterator[None]:
+    """Report a dead loader worker where the loop can save, not wherever the main process happens to be.
+
+    DataLoader installs a SIGCHLD handler that raises its "worker ... killed by signal" error at once, inside
+    whatever runs (a backward pass, an optimizer step half applied), which leaves nothing consistent to save. While
+    this block runs the handler is off; DataLoader still finds a dead worker when it waits for its batch (it checks
+    them every few seconds), so the error comes out of the loader, between batches. Main thread only (signals);
+    a no-op elsewhere."""
+    from torch.utils.data._utils import signal_handling
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal_handling,
+                                                                                 "_SIGCHLD_handler_set"):
+        yield
+        return
+    installed, previous = signal_handling._SIGCHLD_handler_set, signal.getsignal(signal.SIGCHLD)
+    signal_handling._SIGCHLD_handler_set = True  # DataLoader then leaves SIGCHLD alone
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGCHLD, previous)
+        signal_handling._SIGCHLD_handler_set = installed
 
 
 def build_dataloader(dataset: YoloDataset, batch_size: int, workers: int = 8, shuffle: bool = False,
