@@ -76,6 +76,8 @@ def test_hyperparameters_out_of_range(data, tmp_path, key, value):
     ("workers", "-1", "--workers"),
     ("batch-size", "0", "--batch-size"),
     ("img", "0", "--imgsz"),
+    ("img", "100000", "--imgsz must be from 32 to 8192"),
+    ("freeze", "1000", "freezes every layer"),
     ("device", "0", "--device 0: no CUDA device is available here (the devices are: cpu)"),
     ("device", "zero", "--device"),
     ("epochs", "0", "--epochs"),
@@ -93,6 +95,7 @@ def test_training_flags_out_of_range(data, tmp_path, option, value, named):
     ("detect", ["--img", "-5"], "--imgsz"),
     ("detect", ["--conf-thres", "2"], "--conf-thres"),
     ("detect", ["--max-det", "0"], "--max-det"),
+    ("detect", ["--img", "100000"], "--imgsz"),
     ("export", ["--img", "0"], "--imgsz"),
     ("export", ["--batch-size", "0"], "--batch-size"),
 ])

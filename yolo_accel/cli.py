@@ -161,6 +161,8 @@ def train(
                         ] = "none",
     quad: Annotated[bool, typer.Option("--quad", help="quad dataloader: 4 images per sample at 2x size")] = False,
     save_fp32: Annotated[bool, typer.Option("--save-fp32", help="weights files in fp32 (default fp16)")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training (Accelerate's "
+                                          "dynamo_backend inductor); pays on GPUs, see the README")] = False,
     evolve: Annotated[int | None, typer.Option(help="evolve hyperparameters for N generations (bare: 300)")] = None,
 ) -> None:
     """Train a YOLOv5 model (`--device 0,1,2,3`, or `accelerate launch cli.py train ...`, for several GPUs)."""
@@ -188,7 +190,7 @@ def train(
         cos_lr=cos_lr, label_smoothing=label_smoothing, patience=patience, freeze=parse_freeze(freeze),
         save_period=save_period, snapshot_interval=snapshot_interval, seed=seed, close_mosaic=close_mosaic,
         mixed_precision=mixed_precision,
-        device=device, log_with=log_with, quad=quad, save_fp32=save_fp32)
+        device=device, log_with=log_with, quad=quad, save_fp32=save_fp32, compile=compile)
     try:
         if evolve:
             from .evolve import evolve as run_evolve

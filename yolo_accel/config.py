@@ -71,10 +71,14 @@ def check_options(*checks: tuple[bool, str]) -> None:
             raise ConfigError(message)
 
 
+# 4x YOLOv5's largest models' 1280: one 3-channel image at this size is 600 MB as float, a mosaic 4x that
+MAX_IMGSZ = 8192
+
+
 def inference_checks(imgsz: int, conf_thres: float, iou_thres: float, max_det: int, batch_size: int
                      ) -> list[tuple[bool, str]]:
     """The option checks val and detect share."""
-    return [(imgsz >= 32, f"--imgsz must be at least 32, got {imgsz}"),
+    return [(32 <= imgsz <= MAX_IMGSZ, f"--imgsz must be from 32 to {MAX_IMGSZ}, got {imgsz}"),
             (0 <= conf_thres <= 1, f"--conf-thres must be in [0, 1], got {conf_thres}"),
             (0 <= iou_thres <= 1, f"--iou-thres must be in [0, 1], got {iou_thres}"),
             (max_det >= 1, f"--max-det must be at least 1, got {max_det}"),
@@ -276,6 +280,7 @@ class TrainConfig:
     candidate: bool = False  # an evolve candidate: weights only at the end and no final validation (as YOLOv5)
     val_epochs: tuple[int, ...] = ()  # with --noval, also validate after these epoch counts (evolve's rungs)
     snapshot_interval: str = ""  # also save the training state every N batches ("500") or minutes ("30m"); off: ""
+    compile: bool = False  # torch.compile the training model (Accelerate's dynamo_backend "inductor")
 
     def for_model(self, anchor_free: bool) -> TrainConfig:
         """The recipe defaults that depend on the model: YOLOv5's, or Ultralytics 8's for YOLOv5u models."""
@@ -302,7 +307,7 @@ class TrainConfig:
              f"--close-mosaic must be 0 or more, got {config.close_mosaic}"),
             (all(f >= 0 for f in config.freeze), "--freeze takes layer counts or indices of 0 or more"),
             (config.batch_size >= 1 or config.batch_size == -1, "--batch-size must be positive, or -1 for AutoBatch"),
-            (config.imgsz >= 32, "--imgsz must be at least 32"),
+            (32 <= config.imgsz <= MAX_IMGSZ, f"--imgsz must be from 32 to {MAX_IMGSZ}, got {config.imgsz}"),
             (0 <= config.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (parse_snapshot_interval(config.snapshot_interval) is not None,
              f"--snapshot-interval takes batches (500) or minutes (30m), got {config.snapshot_interval!r}"),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object
+from accelerate.utils import TorchDynamoPlugin, gather_object
 from torch import nn
 
 from .boxes import xywh_to_xyxy
@@ -33,15 +33,26 @@ LOSS_NAMES = ("box_loss", "obj_loss", "cls_loss")
 
 
 def new_accelerator(mixed_precision: str, **kwargs: Any) -> Accelerator:
-    """`Accelerator(mixed_precision=..., **kwargs)`, also after an earlier one in this process chose another precision.
+    """`Accelerator(mixed_precision=..., **kwargs)`, also after an earlier one in this process chose another precision
+    or compile setting (dynamo_plugin).
 
     Accelerate keeps one state per process and refuses a second precision, but one Python session may train in
     bf16 and then validate in fp32 (the YOLO API, evolve, tests). Only the precision part is dropped; the process
     group and device (PartialState) stay.
     """
-    if AcceleratorState._shared_state.get("_mixed_precision", mixed_precision) != mixed_precision:
+    shared = AcceleratorState._shared_state
+    plugin = kwargs.pop("dynamo_plugin", None) or TorchDynamoPlugin()  # (unset: the launcher's dynamo_backend)
+    earlier = shared.get("dynamo_plugin")
+    if shared.get("_mixed_precision", mixed_precision) != mixed_precision or \
+            (earlier is not None and earlier.backend != plugin.backend):
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, **kwargs)
+    return Accelerator(mixed_precision=mixed_precision, dynamo_plugin=plugin, **kwargs)
+
+
+def compile_plugin(requested: bool) -> TorchDynamoPlugin | None:
+    """`--compile`: torch.compile with the inductor backend, as `accelerate launch --dynamo_backend inductor` asks
+    for it; None leaves the launcher's choice (ACCELERATE_DYNAMO_BACKEND), off outside a launch."""
+    return TorchDynamoPlugin(backend="inductor") if requested else None
 
 
 # validation

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_model
-from .config import ConfigError, check_options
+from .config import MAX_IMGSZ, ConfigError, check_options
 from .files import check_output_folder
 
 LOGGER = logging.getLogger("yolo_accel")
@@ -73,7 +73,7 @@ def export(weights: str, *, include: tuple[str, ...] = FORMATS, imgsz: int = 640
     unknown = [f for f in include if f not in FORMATS]
     if unknown:
         raise ConfigError(f"--include: unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
-    check_options((imgsz >= 32, f"--imgsz must be at least 32, got {imgsz}"),
+    check_options((32 <= imgsz <= MAX_IMGSZ, f"--imgsz must be from 32 to {MAX_IMGSZ}, got {imgsz}"),
                   (batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}"),
                   (7 <= opset <= 30, f"--opset must be an ONNX opset from 7 to 30, got {opset}"))
     if Path(weights).is_file():

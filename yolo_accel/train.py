@@ -66,8 +66,17 @@ from .distributed import (
     shard_model,
 )
 from .ema import ModelEMA
-from .engine import SnapshotInterval, StepPlan, any_process, evaluate, format_results, new_accelerator, train_one_epoch
-from .files import FolderInUse, atomic_write, exclusive_use, increment_path
+from .engine import (
+    SnapshotInterval,
+    StepPlan,
+    any_process,
+    compile_plugin,
+    evaluate,
+    format_results,
+    new_accelerator,
+    train_one_epoch,
+)
+from .files import atomic_write, exclusive_use, increment_path
 from .loss import DetectionLoss, scale_loss_gains
 from .loss_anchor_free import AnchorFreeLoss
 from .metrics import fitness
@@ -311,7 +320,9 @@ def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
         folder = find_resume_run(config.resume, config.project)
         saved = TrainConfig.from_dict(read_yaml(folder / "opt.yaml"), str(folder / "opt.yaml"))
         extend = config.epochs is not None and config.epochs != saved.epochs
-        config = replace(saved, resume=str(folder), epochs=config.epochs if extend else saved.epochs).resolved()
+        # compiling is how this invocation runs, not what the run is: a compiled run resumes plain and vice versa
+        config = replace(saved, resume=str(folder), epochs=config.epochs if extend else saved.epochs,
+                         compile=config.compile).resolved()
         if (folder / "hyp.yaml").is_file():  # the run's own hyperparameters, as its optimizer was built with them
             config = replace(config, hyp=str(folder / "hyp.yaml"))
         if extend:
@@ -341,19 +352,20 @@ def prepare_run(config: TrainConfig, held: contextlib.ExitStack) -> Run:
     register_process()
     save_dir, refusal = None, None
     if process.is_main_process:
-        save_dir = Path(config.resume) if resuming else \
-            increment_path(Path(config.project) / config.name, exist_ok=config.exist_ok, mkdir=True)
-        try:
+        try:  # a refusal reaches every process, which would otherwise wait for the folder's name
+            save_dir = Path(config.resume) if resuming else \
+                increment_path(Path(config.project) / config.name, exist_ok=config.exist_ok, mkdir=True)
             held.enter_context(exclusive_use(save_dir, "training run"))
             remember_run_folder(save_dir)
-        except FolderInUse as err:
+        except ConfigError as err:  # a place that cannot be written, a folder in use (FolderInUse)
             refusal = str(err)
     save_dir, refusal = broadcast_object_list([save_dir, refusal])
     if refusal:
-        raise FolderInUse(refusal)
+        raise ConfigError(refusal)
     save_dir = Path(save_dir)
     trackers = resolve_trackers(config.log_with)
     accelerator = new_accelerator(mixed_precision, cpu=use_cpu, log_with=trackers or None,
+                                  dynamo_plugin=compile_plugin(config.compile),
                                   project_config=ProjectConfiguration(project_dir=str(save_dir),
                                                                       logging_dir=str(save_dir)),
                                   dataloader_config=DataLoaderConfiguration(even_batches=True))
@@ -392,6 +404,9 @@ def build_training_model(run: Run) -> DetectionModel:
         param.requires_grad_(not any(f in key for f in freeze))
         if not param.requires_grad and accelerator.is_main_process:
             LOGGER.info(f"freezing {key}")
+    if not any(param.requires_grad for param in model.parameters()):
+        raise ConfigError(f"--freeze {','.join(map(str, config.freeze))} freezes every layer of this model (it has "
+                          f"{len(model.model)}); nothing would train. Freeze fewer (10 is YOLOv5's backbone)")
     return model
 
 
@@ -487,7 +502,9 @@ def build_training_state(run: Run, model: DetectionModel, data: Data) -> tuple[T
     lr_factor = lr_lambda(config.epochs, hyp.optimizer.lrf, cosine=config.cos_lr)
     scheduler = LambdaLR(optimizer, lr_lambda=lr_factor)
     prepared, optimizer, data.train_loader = accelerator.prepare(model, optimizer, data.train_loader)
-    unwrapped = accelerator.unwrap_model(prepared)
+    # the plain module: its parameters are the compiled one's, and its state-dict keys have no "_orig_mod." (weights,
+    # EMA, resumable state and validation are those of any run)
+    unwrapped = accelerator.unwrap_model(prepared, keep_torch_compile=False)
     if ema is None:
         ema = ModelEMA(unwrapped)
     else:

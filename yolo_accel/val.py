@@ -21,7 +21,7 @@ from .data.labels import scan_labels
 from .data.loader import collate, init_worker
 from .data.sources import list_images, load_data_config
 from .engine import EvalResult, evaluate, format_results, new_accelerator
-from .files import increment_path
+from .files import check_output_folder, increment_path
 from .predict import label_rows
 
 LOGGER = logging.getLogger("yolo_accel")
@@ -138,6 +138,7 @@ def validate(data: str, weights: list[str], *, batch_size: int = 32, imgsz: int 
         raise ConfigError("--weights: give at least one .safetensors or Ultralytics .pt file")
     if task == "speed":  # YOLOv5: timings at detect-like thresholds, nothing saved
         conf_thres, iou_thres, save_txt, save_json = 0.25, 0.45, False, False
+    check_output_folder(Path(project) / name)  # on every process, before any work
     use_cpu = device == "cpu" or not torch.cuda.is_available()
     accelerator = new_accelerator("fp16" if half and not use_cpu else "no", cpu=use_cpu)
     config = load_data_config(data)
