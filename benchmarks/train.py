@@ -2,6 +2,7 @@
 
     python benchmarks/train.py --data DATA.yaml --cfg yolov5n.yaml --img 320 --batch-size 16 --epochs 3
     python benchmarks/train.py --data DATA.yaml ... --reference-python REF/bin/python --rounds 2
+    python benchmarks/train.py --data DATA.yaml ... --compile     # torch.compile (first_epoch_extra_seconds: compiling)
 
 Runs `yolo-accel train` (validation each epoch, as YOLOv5 does) and times every epoch and its training loop;
 then replays the same number of batches from memory through the same model, loss and optimizer step to get
@@ -44,6 +45,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="")
     parser.add_argument("--mixed-precision", default="auto")
+    parser.add_argument("--compile", action="store_true", help="train --compile (torch.compile, inductor)")
     parser.add_argument("--reference-python", help="the reference environment's python: alternate with YOLOv5's")
     parser.add_argument("--rounds", type=int, default=2, help="alternations with --reference-python")
     return parser.parse_args()
@@ -60,7 +62,7 @@ def alternate(args: argparse.Namespace) -> dict:
     """This benchmark and `yolov5 train` (benchmarks/reference.py) one after the other, `rounds` times."""
     own = [sys.executable, __file__, "--data", args.data, "--cfg", args.cfg, "--img", str(args.img),
            "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--workers", str(args.workers),
-           "--device", args.device, "--mixed-precision", args.mixed_precision]
+           "--device", args.device, "--mixed-precision", args.mixed_precision, *(["--compile"] if args.compile else [])]
     reference = [args.reference_python, str(Path(__file__).resolve().parent / "reference.py"), "train", "--data",
                  str(Path(args.data).resolve()), "--cfg", args.cfg, "--img", str(args.img), "--batch-size",
                  str(args.batch_size), "--epochs", str(args.epochs), "--workers", str(args.workers), "--device",
@@ -120,7 +122,8 @@ def measure(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as project:
         config = TrainConfig(data=args.data, model=args.cfg, imgsz=args.img, batch_size=args.batch_size,
                              epochs=args.epochs, workers=args.workers, project=project, device=args.device,
-                             mixed_precision=args.mixed_precision, noplots=True)  # as the reference runs
+                             mixed_precision=args.mixed_precision, noplots=True,  # as the reference runs
+                             compile=args.compile)
         start = time.perf_counter()
         train_module.train(config)
         total = time.perf_counter() - start
@@ -135,6 +138,9 @@ def measure(args: argparse.Namespace) -> dict:
         "loop_over_ceiling": round(loop_rate / ceiling, 3),
         "epoch_seconds": round(sum(epoch_seconds[1:]) / len(epoch_seconds[1:]), 2),  # steady state
         "first_epoch_seconds": round(epoch_seconds[0], 2),
+        # what the first epoch took beyond a steady one: start-up, and with --compile the compilation
+        "first_epoch_extra_seconds": round(epoch_seconds[0] - sum(epoch_seconds[1:]) / len(epoch_seconds[1:]), 2),
+        "compile": args.compile,
         "train_loop_seconds_per_epoch": round(sum(loop_seconds[1:]) / len(loop_seconds[1:]), 2),
         # share of the CPU time spent in the loop that the loader workers used (steady state); the rest is the
         # training process (model, loss, optimizer). Robust where the machine's speed drifts between measurements

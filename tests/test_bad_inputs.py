@@ -81,6 +81,8 @@ def test_hyperparameters_out_of_range(data, tmp_path, key, value):
     ("device", "0", "--device 0: no CUDA device is available here (the devices are: cpu)"),
     ("device", "zero", "--device"),
     ("epochs", "0", "--epochs"),
+    ("name", "", "--name must name a folder"),
+    ("name", "..", "--name must name a folder"),
 ])
 def test_training_flags_out_of_range(data, tmp_path, option, value, named):
     if option == "device" and value == "0" and torch.cuda.is_available():
@@ -96,6 +98,8 @@ def test_training_flags_out_of_range(data, tmp_path, option, value, named):
     ("detect", ["--conf-thres", "2"], "--conf-thres"),
     ("detect", ["--max-det", "0"], "--max-det"),
     ("detect", ["--img", "100000"], "--imgsz"),
+    ("detect", ["--name", ""], "--name"),
+    ("val", ["--name", "."], "--name"),
     ("export", ["--img", "0"], "--imgsz"),
     ("export", ["--batch-size", "0"], "--batch-size"),
 ])

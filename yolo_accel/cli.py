@@ -179,7 +179,7 @@ def train(
     from .distributed import ProcessLost
     from .engine import NonFiniteLoss
     from .state import StateError
-    from .train import TrainingInterrupted
+    from .stopping import TrainingInterrupted
     from .train import train as run_training
 
     config = TrainConfig(
@@ -365,7 +365,7 @@ def evolve(
                          imgsz=imgsz, noautoanchor=noautoanchor, single_cls=single_cls, optimizer=optimizer,
                          cache=cache, rect=rect, image_weights=image_weights, multi_scale=multi_scale, cos_lr=cos_lr,
                          workers=workers, seed=seed, device=device)
-    from .train import TrainingInterrupted
+    from .stopping import TrainingInterrupted
 
     try:
         run_evolve(config, generations=generations, parallel=parallel, project=project, name=name,

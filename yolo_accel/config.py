@@ -75,6 +75,11 @@ def check_options(*checks: tuple[bool, str]) -> None:
 MAX_IMGSZ = 8192
 
 
+def name_check(name: str) -> tuple[bool, str]:
+    """--name is a folder under --project: not empty, not the project itself or its parent."""
+    return name.strip() not in ("", ".", ".."), f"--name must name a folder under --project, got {name!r}"
+
+
 def inference_checks(imgsz: int, conf_thres: float, iou_thres: float, max_det: int, batch_size: int
                      ) -> list[tuple[bool, str]]:
     """The option checks val and detect share."""
@@ -309,6 +314,7 @@ class TrainConfig:
             (config.batch_size >= 1 or config.batch_size == -1, "--batch-size must be positive, or -1 for AutoBatch"),
             (32 <= config.imgsz <= MAX_IMGSZ, f"--imgsz must be from 32 to {MAX_IMGSZ}, got {config.imgsz}"),
             (0 <= config.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+            name_check(config.name),
             (parse_snapshot_interval(config.snapshot_interval) is not None,
              f"--snapshot-interval takes batches (500) or minutes (30m), got {config.snapshot_interval!r}"),
         ]

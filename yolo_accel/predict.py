@@ -12,12 +12,12 @@ import torch
 
 from .boxes import xyxy_to_xywhn
 from .checkpoint import load_model
-from .config import ConfigError, check_options, inference_checks
+from .config import ConfigError, check_options, inference_checks, name_check
 from .data.augment import letterbox
 from .data.images import ImageDecodeError, open_image, read_for_size
 from .data.sources import IMAGE_FORMATS, expand_entry, only_images
 from .draw import annotate
-from .files import child_path, increment_path
+from .files import check_output_folder, child_path, increment_path
 from .model.yolo import DetectionModel
 from .nms import non_max_suppression, scale_boxes
 
@@ -127,7 +127,9 @@ def detect(source: str, weights: str, *, imgsz: int = 640, conf_thres: float = 0
            name: str = "exp", exist_ok: bool = False, batch_size: int = 16, device: str = "") -> Path:
     """Run detection on `source` and save what was asked into runs/detect/exp{N}; returns that folder."""
     check_options(*inference_checks(imgsz, conf_thres, iou_thres, max_det, batch_size),
-                  (line_thickness >= 1, f"--line-thickness must be at least 1, got {line_thickness}"))
+                  (line_thickness >= 1, f"--line-thickness must be at least 1, got {line_thickness}"),
+                  name_check(name))
+    check_output_folder(Path(project) / name)
     paths = list_sources(source)
     target = torch.device("cpu" if device == "cpu" or not torch.cuda.is_available() else "cuda")
     model = load_model(weights, device=target).eval().fuse()

@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import random
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -40,14 +40,7 @@ from .config import (
 )
 from .data.dataset import YoloDataset, check_labels, labels_to_class_weights, labels_to_image_weights
 from .data.labels import scan_labels
-from .data.loader import (
-    EpochSampler,
-    LoaderWorkerLost,
-    build_dataloader,
-    describe_lost_worker,
-    loader_worker_lost,
-    worker_failures_between_batches,
-)
+from .data.loader import EpochSampler, build_dataloader, worker_failures_between_batches
 from .data.sources import DataConfig, list_images, load_data_config
 from .distributed import (
     ProcessLost,
@@ -94,38 +87,12 @@ from .state import (
     save_snapshot,
     snapshots,
 )
+from .stopping import StopRequest, TrainingInterrupted, saved_when_a_worker_dies
 from .trackers import log_images, log_weights, resolve_trackers
 from .training_state import EarlyStopping, TrainingState
 from .val import build_val_batches, validate_best
 
 LOGGER = logging.getLogger("yolo_accel")
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on SIGINT/SIGTERM after saving its state; args[0] is the run folder to --resume."""
-
-
-class StopRequest:
-    """SIGINT/SIGTERM set a flag the loop checks after each batch; a second SIGINT interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        LOGGER.warning(f"\n{signal.Signals(signum).name} received: saving the training state after this batch")
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
 
 
 @dataclass
@@ -233,8 +200,10 @@ def fit(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> bool:
         save_state(run, training)
         interval.restart()
 
+    lost_worker = functools.partial(save_state, run, training)
     with StopRequest() as stop_request, worker_failures_between_batches(), \
-            saved_when_a_worker_dies(run, training, plan):
+            saved_when_a_worker_dies(lost_worker, training.loop, plan.batches_per_epoch,
+                                     run.accelerator.num_processes, run.paths.save_dir):
         while training.loop.epoch < run.config.epochs:
             epoch = training.loop.epoch
             if run.config.image_weights:
@@ -257,28 +226,6 @@ def fit(run: Run, training: TrainingState, data: Data, plan: StepPlan) -> bool:
             if stop:
                 break
     return False
-
-
-@contextlib.contextmanager
-def saved_when_a_worker_dies(run: Run, training: TrainingState, plan: StepPlan) -> Iterator[None]:
-    """A loader worker that died (the OOM killer's SIGKILL, usually) stops the run with LoaderWorkerLost: during an
-    epoch's batches the state is saved where it stands (between batches: worker_failures_between_batches), so
-    --resume continues exactly; elsewhere (validation) the latest snapshot is what remains."""
-    try:
-        yield
-    except RuntimeError as err:
-        if not loader_worker_lost(err):
-            raise
-        state = training.loop
-        saved = 0 < state.batch < plan.batches_per_epoch and run.accelerator.num_processes == 1
-        if saved:
-            save_state(run, training)
-        where = (f"the training state is saved at epoch {state.epoch}, batch {state.batch}" if saved else
-                 "the latest snapshot is kept")
-        raise LoaderWorkerLost(
-            f"{describe_lost_worker(err)} during epoch {state.epoch}; {where}. Memory is the usual cause (the "
-            f"kernel's OOM killer): lower --workers or --batch-size, or leave out --cache ram. Continue with: "
-            f"yolo-accel train --resume {run.paths.save_dir}") from None
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from .boxes import xyxy_to_xywh
 from .checkpoint import load_model
-from .config import ConfigError, check_options, inference_checks
+from .config import ConfigError, check_options, inference_checks, name_check
 from .data.dataset import YoloDataset, check_labels
 from .data.labels import scan_labels
 from .data.loader import collate, init_worker
@@ -133,7 +133,7 @@ def validate(data: str, weights: list[str], *, batch_size: int = 32, imgsz: int 
     number of processes: every process takes whole batches, predictions are gathered before matching)."""
     check_options((task in ("val", "test", "speed"), f"--task must be val, test or speed, got {task!r}"),
                   *inference_checks(imgsz, conf_thres, iou_thres, max_det, batch_size),
-                  (workers >= 0, f"--workers must be 0 or more, got {workers}"))
+                  (workers >= 0, f"--workers must be 0 or more, got {workers}"), name_check(name))
     if not weights:
         raise ConfigError("--weights: give at least one .safetensors or Ultralytics .pt file")
     if task == "speed":  # YOLOv5: timings at detect-like thresholds, nothing saved
