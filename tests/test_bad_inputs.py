@@ -90,6 +90,11 @@ def test_training_flags_out_of_range(data, tmp_path, option, value, named):
     refused(train_args(data, **{option: value}), named, cwd=tmp_path)
 
 
+def test_info_flags_out_of_range(tmp_path):
+    refused(["info", "--img", "0"], "--img", cwd=tmp_path)
+    refused(["info", "--nc", "0"], "--nc", cwd=tmp_path)
+
+
 @pytest.mark.parametrize("command,flags,named", [
     ("val", ["--img", "0"], "--imgsz"),
     ("val", ["--conf-thres", "1.5"], "--conf-thres"),
@@ -100,12 +105,14 @@ def test_training_flags_out_of_range(data, tmp_path, option, value, named):
     ("detect", ["--img", "100000"], "--imgsz"),
     ("detect", ["--name", ""], "--name"),
     ("val", ["--name", "."], "--name"),
+    ("evolve", ["--generations", "0"], "--generations"),
+    ("evolve", ["--resume", "nowhere"], "not an evolve folder"),
     ("export", ["--img", "0"], "--imgsz"),
     ("export", ["--batch-size", "0"], "--batch-size"),
 ])
 def test_inference_flags_out_of_range(data, tmp_path, command, flags, named):
     where = {"val": ["--data", str(data)], "detect": ["--source", str(data.parent / "images" / "val")],
-             "export": []}[command]
+             "export": [], "evolve": ["--data", str(data)]}[command]
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(Path(WEIGHTS).read_bytes())
     refused([command, "--weights", str(weights), *where, *flags], named, cwd=tmp_path)

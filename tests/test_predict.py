@@ -107,6 +107,17 @@ def test_api_val_and_names(demo_root):
     assert result.images == 12 and result.metrics.map50 > 0.6
 
 
+def test_api_export_and_refused_options(demo_root, tmp_path):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(Path(WEIGHTS).read_bytes())
+    model = YOLO(weights)
+    assert model.export(format="torchscript", imgsz=64) == [tmp_path / "w.torchscript"]
+    with pytest.raises(ConfigError, match="--conf-thres"):
+        model.predict(demo_root / "images" / "val", conf=2)
+    with pytest.raises(ConfigError, match="export needs a weights file"):
+        YOLO("yolov5n").export()
+
+
 def test_detect_keeps_same_named_images_and_skips_a_broken_one(demo_root, tmp_path):
     images = sorted((demo_root / "images" / "val").glob("*.png"))[:2]
     for folder, image in zip(("a", "b"), images):

@@ -1,4 +1,5 @@
-"""A plain Python API mirroring the CLI: YOLO("best.safetensors").predict("img.jpg"), .val(data=...), .train(...)."""
+"""A plain Python API mirroring the CLI: YOLO("best.safetensors").predict("img.jpg"), .val(data=...), .train(...),
+.export(format="onnx")."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import torch
 
 from .callbacks import Callbacks, TrainingEvent
 from .checkpoint import load_model
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig, check_options, inference_checks
 from .predict import Detections, list_sources, predict
 
 
 class YOLO:
-    """Weights (.safetensors or Ultralytics .pt) or a model yaml name, with predict / val / train."""
+    """Weights (.safetensors or Ultralytics .pt) or a model yaml name, with predict / val / train / export."""
 
     def __init__(self, weights: str | Path = "yolov5n", device: str | None = None):
         self.source = str(weights)
@@ -41,6 +42,7 @@ class YOLO:
     def predict(self, source: str | Path | list[str | Path], imgsz: int = 640, conf: float = 0.25, iou: float = 0.45,
                 max_det: int = 1000, classes: list[int] | None = None) -> list[Detections]:
         """Detections per image (boxes_xyxy, scores, classes in original pixels) for a path, folder, glob or list."""
+        check_options(*inference_checks(imgsz, conf, iou, max_det, batch_size=1))
         sources = source if isinstance(source, list) else [source]
         paths = [p for s in sources for p in list_sources(s)]
         return predict(self.model, paths, imgsz=imgsz, conf_thres=conf, iou_thres=iou, max_det=max_det,
@@ -51,7 +53,7 @@ class YOLO:
         from .val import validate
 
         if Path(self.source).suffix not in (".safetensors", ".pt"):
-            raise ValueError("val needs trained weights: YOLO('best.safetensors').val(...)")
+            raise ConfigError("val needs trained weights: YOLO('best.safetensors').val(...)")
         _, results = validate(data, [self.source], **options)
         return results[0]
 
@@ -64,3 +66,12 @@ class YOLO:
         config = TrainConfig(data=data, weights=self.source if is_weights else "",
                              model="" if is_weights else self.source)
         return train(replace(config, **options), callbacks=self.callbacks)
+
+    def export(self, format: str = "torchscript", **options: Any) -> list[Path]:
+        """`yolo-accel export` of these weights (format torchscript or onnx, or several comma-separated); options
+        are its flags (imgsz=, batch_size=, opset=, dynamic=, half=, simplify=, device=). Returns the files."""
+        from .export import export
+
+        if Path(self.source).suffix not in (".safetensors", ".pt"):
+            raise ConfigError("export needs a weights file: YOLO('best.safetensors').export(...)")
+        return export(self.source, include=tuple(format.replace(",", " ").split()), **options)

@@ -367,6 +367,9 @@ def evolve(
                          workers=workers, seed=seed, device=device)
     from .stopping import TrainingInterrupted
 
+    if resume is not None and not (Path(resume) / "opt.yaml").is_file():  # a typo would start a new search there
+        fail(f"--resume {resume}: not an evolve folder (it holds opt.yaml and evolve.csv); leave --resume out to "
+             f"start one")
     try:
         run_evolve(config, generations=generations, parallel=parallel, project=project, name=name,
                    resume=resume, halving=halving, backend=backend, address=address)
@@ -412,9 +415,14 @@ def info(
 ) -> None:
     """Print layers, parameters, gradients and GFLOPs of a model, like YOLOv5's summary."""
     from .checkpoint import load_model
+    from .config import MAX_IMGSZ
     from .model import build_model
     from .model.summary import layer_rows, summarize
 
+    if not 32 <= img <= MAX_IMGSZ:
+        fail(f"--img must be from 32 to {MAX_IMGSZ}, got {img}")
+    if nc is not None and nc < 1:
+        fail(f"--nc must be at least 1, got {nc}")
     is_weights = Path(model).suffix in (".safetensors", ".pt")
     try:
         net = load_model(model) if is_weights else build_model(model, nc=nc)

@@ -34,7 +34,7 @@ from filelock import FileLock
 
 from .config import ConfigError, TrainConfig, load_hyp
 from .data.sources import list_images, load_data_config
-from .files import atomic_write, increment_path
+from .files import atomic_write, check_output_folder, increment_path
 from .metrics import fitness
 from .optim import auto_optimizer
 from .results import METRIC_COLUMNS, read_results
@@ -412,6 +412,8 @@ def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, proje
     (backend "ray") one task per candidate on a Ray cluster (evolve_ray.py); returns the evolve folder."""
     if backend not in ("file", "ray"):
         raise ConfigError(f"--backend must be file or ray, got {backend!r}")
+    if generations < 1 or parallel < 1:
+        raise ConfigError(f"--generations and --parallel must be at least 1, got {generations} and {parallel}")
     if backend == "ray" and parallel > 1:
         raise ConfigError("--parallel is for the file backend; with --backend ray the cluster decides how many "
                           "candidates run at once")
@@ -423,6 +425,7 @@ def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, proje
                           "without accelerate launch, with --parallel N (one worker per GPU)")
     if resume:
         save_dir = Path(resume)
+        check_output_folder(save_dir, "the evolve folder")
     else:
         existing = sorted(Path(project).glob(f"{name}*/evolve.csv"), key=lambda p: p.stat().st_mtime)
         save_dir = increment_path(Path(project) / name, mkdir=True) if not existing else existing[-1].parent
