@@ -40,13 +40,15 @@ def test_compile_flag_asks_for_inductor():
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_a_compiled_run_writes_what_a_plain_run_writes_and_resumes_either_way(tiny_data, tmp_path, monkeypatch,
-                                                                               backend):
+                                                                               caplog, backend):
     """The launcher's dynamo_backend (ACCELERATE_DYNAMO_BACKEND, as `accelerate launch --dynamo_backend` sets it)
     compiled the training model, and its weights were saved under the wrapper's "_orig_mod." keys, which no
     command could load. aot_eager traces forward and backward as inductor does, without generating code."""
     plain = train(tiny_config(tiny_data, tmp_path / "plain", epochs=1))
     monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", backend.upper())
-    compiled = train(tiny_config(tiny_data, tmp_path / "compiled", epochs=1))
+    with caplog.at_level("INFO", logger="yolo_accel"):
+        compiled = train(tiny_config(tiny_data, tmp_path / "compiled", epochs=1))
+    assert f"fp32 on cpu, compiled ({backend})" in caplog.text
     assert saved_keys(compiled) == saved_keys(plain)
     assert not any("_orig_mod" in k for keys in saved_keys(compiled).values() for k in keys)
     assert max_difference(final_weights(plain), final_weights(compiled)) < 1e-3  # the same training, other kernels

@@ -21,7 +21,7 @@ from yolo_accel.config import AugmentHyp, ConfigError, hyp_slice
 from yolo_accel.data.augment import aligned_matrix, perspective_matrix, random_perspective
 from yolo_accel.data.dataset import YoloDataset, check_labels
 from yolo_accel.data.images import read_image, reduction_for
-from yolo_accel.data.labels import scan_labels
+from yolo_accel.data.labels import CACHE_VERSION, scan_labels
 from yolo_accel.data.sources import DataError, label_path, list_images, load_data_config
 
 HYP_VALUES = yaml.safe_load((ROOT / "configs/hyps/hyp.scratch-low.yaml").read_text())
@@ -170,7 +170,7 @@ def test_bad_inputs_are_reported_per_file_and_skipped(dataset_root, caplog):
     names = {p.name: i for i, p in enumerate(index.images)}
     assert set(names) == {"0.png", "1.png", "2.png", "3.png", "dup.png", "poly.png", "background.png",
                           "empty.png", "trunc.jpg"}
-    assert index.counts == {"found": 6, "missing": 2, "empty": 1, "corrupt": 6}
+    assert index.counts == {"found": 6, "missing": 2, "empty": 1, "corrupt": 6, "damaged": 0}
     assert index.summary() == "9 images, 3 backgrounds, 6 corrupt"
     assert len(index.labels[names["dup.png"]]) == 1
     np.testing.assert_allclose(index.labels[names["poly.png"]], [[1, 0.3, 0.2, 0.4, 0.2]], atol=1e-6)
@@ -216,7 +216,7 @@ def test_cache_is_reused_then_rebuilt_when_stale(dataset_root, caplog):
     first = scan_labels(images)
     cache = dataset_root / "labels" / "train.yolo-accel.cache"
     with np.load(cache, allow_pickle=False) as z:  # loads without pickle support: no code can run
-        assert int(z["version"]) == 1
+        assert int(z["version"]) == CACHE_VERSION == 2
     with caplog.at_level(logging.INFO, logger="yolo_accel"):
         again = scan_labels(images)
     assert "(cached)" in caplog.text

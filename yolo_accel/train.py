@@ -535,7 +535,9 @@ def start(run: Run, data: Data) -> None:
     if accelerator.is_main_process:
         precision = {"no": "fp32", "fp16": "fp16 autocast", "bf16": "bf16 autocast"}.get(
             accelerator.mixed_precision, accelerator.mixed_precision)
-        LOGGER.info(f"Image sizes {data.imgsz} train, {data.imgsz} val; {precision} on {accelerator.device}\n"
+        backend = accelerator.state.dynamo_plugin.backend
+        compiled = f", compiled ({backend.value.lower()})" if backend.value != "NO" else ""
+        LOGGER.info(f"Image sizes {data.imgsz} train, {data.imgsz} val; {precision} on {accelerator.device}{compiled}\n"
                     f"Logging results to {save_dir}\n"
                     f"Starting training for {config.epochs} epochs...")
 
