@@ -130,12 +130,22 @@ def test_two_nodes_on_loopback_equal_two_local_processes(data, tmp_path, rendezv
     local = run([*DDP, "--main_process_port", str(free_port()), *train_args(data, tmp_path / "local")])
     port = str(free_port())
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    nodes = [subprocess.Popen([*ACCELERATE, "--config_file", str(ROOT / "configs" / "accelerate" / "two_nodes.yaml"),
-                               "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-                               "--main_process_port", port, "--rdzv_backend", rendezvous,
-                               *train_args(data, tmp_path / "nodes")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for rank in (0, 1)]
+    nodes = []
+    for rank in (0, 1):
+        nodes.append(subprocess.Popen(
+            [*ACCELERATE, "--config_file", str(ROOT / "configs" / "accelerate" / "two_nodes.yaml"), "--num_processes",
+             "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+             "--rdzv_backend", rendezvous, *train_args(data, tmp_path / "nodes")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        # machine 0 first, as on a real cluster where its address is the one the others dial: on one host a
+        # machine-1 launcher that came up first would hold the port (c10d hosts the store wherever it can), and
+        # accelerate refuses to launch machine 0 on a port in use
+        deadline = time.time() + 120
+        while rank == 0 and time.time() < deadline and nodes[0].poll() is None:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", int(port))) == 0:
+                    break
+            time.sleep(0.2)
     outputs = [node.communicate(timeout=600)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     assert "Starting training" in local.stdout and sum(o.count("Starting training") for o in outputs) == 1
