@@ -140,10 +140,11 @@ def test_parallel_workers_and_a_killed_worker(tiny_data, tmp_path):
 def test_rungs_and_the_keep_rule():
     assert rung_epochs(9) == (1, 3, 9) and rung_epochs(10) == (1, 3, 10) and rung_epochs(30) == (3, 10, 30)
     assert rung_epochs(2) == (1, 2) and rung_epochs(1) == (1,)
-    assert keep_training([], 0.1) and keep_training([0.5], 0.1)  # too few records to judge
-    assert not keep_training([0.5, 0.4], 0.1)  # the bottom of three
+    assert keep_training([], 0.1)  # the first at a rung: nothing to judge by
+    assert not keep_training([0.5], 0.1) and keep_training([0.5], 0.5)  # the second against the first
+    assert not keep_training([0.5, 0.4], 0.45)  # below 0.4 + 2/3 of the way to 0.5
     assert keep_training([0.5, 0.4], 0.6) and keep_training([0.1, 0.2, 0.3, 0.4, 0.5], 0.5)
-    assert not keep_training([0.1, 0.2, 0.3, 0.4, 0.5], 0.3)  # top third of six: 0.4 and up
+    assert not keep_training([0.1, 0.2, 0.3, 0.4, 0.5], 0.3)  # the cutoff is 0.367
 
 
 def test_halving_stops_weak_candidates_and_breeds_from_full_ones(tiny_data, tmp_path, monkeypatch):

@@ -8,8 +8,8 @@ candidate exactly and writes its row once.
 
 With `halving` (successive halving, ASHA's early-stopping rule as Ray Tune's ASHA scheduler applies it), a
 candidate validates at rung epochs E/9, E/3 (factor 3) and stops at a rung where its fitness is below the top
-third of what earlier candidates reached there; stopped candidates go to evolve_stopped.csv, not evolve.csv, so
-parents (and hyp_evolve.yaml) come only from candidates trained in full, whose fitness is comparable. Every
+third of what earlier candidates reached there (the first at a rung always goes on); stopped candidates go to
+evolve_stopped.csv, not evolve.csv, so parents (and hyp_evolve.yaml) come only from candidates trained in full, whose fitness is comparable. Every
 candidate's rung results, in the order they happened, are in evolve_rungs.csv.
 """
 
@@ -102,10 +102,10 @@ def rung_epochs(epochs: int, factor: int = RUNG_FACTOR) -> tuple[int, ...]:
 
 
 def keep_training(earlier: list[float], score: float, factor: int = RUNG_FACTOR) -> bool:
-    """ASHA's rule: continue when `score` is in the top 1/factor of the fitness recorded at this rung, itself
-    included; with fewer than `factor` records there is nothing to judge by, so continue."""
-    scores = [*earlier, score]
-    return len(scores) < factor or score >= float(np.quantile(scores, 1 - 1 / factor))
+    """ASHA's rule as Ray Tune's ASHA scheduler applies it: continue unless `score` is below the (1 - 1/factor)
+    quantile of the fitness earlier candidates recorded at this rung (the first at a rung always continues, the
+    second continues if it is at least as good as the first)."""
+    return not earlier or score >= float(np.quantile(earlier, 1 - 1 / factor))
 
 
 def read_rungs(path: Path) -> list[dict]:
