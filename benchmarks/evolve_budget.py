@@ -5,9 +5,10 @@
 
 For each seed (the search's own random draws; every candidate trains with seed 0, as `yolo-accel evolve` does) both
 searches run one worker over the same number of candidates. Reported per run: the best fitness (0.1 mAP50 + 0.9
-mAP50-95 of a candidate trained in full), the candidate-epochs spent and the wall time; then the means per mode and
-OUT/evolve_budget.png (best fitness against candidate-epochs, every run). Each finished run is appended to
-OUT/runs.jsonl, so an interrupted benchmark continues. The last stdout line is one JSON object.
+mAP50-95 of a candidate trained in full), the candidate-epochs spent and the wall time; then the means per mode, the
+plain search's best within the compute each halving run spent, and OUT/evolve_budget.png (best fitness against
+candidate-epochs, every run). Each finished run is appended to OUT/runs.jsonl, so an interrupted benchmark
+continues. The last stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ def plot(runs: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=150)
 
 
+def plain_best_within(runs: list[dict], seed: int, spent: int) -> float | None:
+    """The plain search's best fitness after at most `spent` candidate-epochs (the same compute as halving's)."""
+    plain = next((r for r in runs if r["mode"] == "plain" and r["seed"] == seed), None)
+    if plain is None:
+        return None
+    reached = [b for e, b in zip(*plain["curve"]) if e <= spent]
+    return reached[-1] if reached else None
+
+
 def main() -> None:
     args = parse()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -99,6 +109,9 @@ def main() -> None:
     if "plain" in summary and "halving" in summary:
         summary["compute_ratio"] = round(summary["halving"]["mean_candidate_epochs"] /
                                          summary["plain"]["mean_candidate_epochs"], 3)
+        summary["plain_best_at_halving_compute"] = [plain_best_within(runs, seed, r["candidate_epochs"])
+                                                    for seed in args.seeds for r in runs
+                                                    if r["mode"] == "halving" and r["seed"] == seed]
     print(json.dumps(summary))
 
 

@@ -32,6 +32,7 @@ from yolo_accel.evolve import (
     read_rungs,
     rung_epochs,
     select_parent,
+    warn_rungs_in_warmup,
 )
 from yolo_accel.train import with_model_defaults
 
@@ -145,6 +146,14 @@ def test_rungs_and_the_keep_rule():
     assert not keep_training([0.5, 0.4], 0.45)  # below 0.4 + 2/3 of the way to 0.5
     assert keep_training([0.5, 0.4], 0.6) and keep_training([0.1, 0.2, 0.3, 0.4, 0.5], 0.5)
     assert not keep_training([0.1, 0.2, 0.3, 0.4, 0.5], 0.3)  # the cutoff is 0.367
+
+
+def test_a_rung_within_the_warmup_is_named(caplog):
+    with caplog.at_level("WARNING", logger="yolo_accel"):
+        warn_rungs_in_warmup(with_model_defaults(TrainConfig(data="x.yaml", epochs=27)))  # rungs 3, 9, 27
+        assert not caplog.records
+        warn_rungs_in_warmup(with_model_defaults(TrainConfig(data="x.yaml", epochs=9)))  # rungs 1, 3, 9
+    assert "at epoch 1, within the warmup (3 epochs" in caplog.text and "--epochs 27 or more" in caplog.text
 
 
 def test_halving_stops_weak_candidates_and_breeds_from_full_ones(tiny_data, tmp_path, monkeypatch):

@@ -9,14 +9,15 @@ candidate exactly and writes its row once.
 With `halving` (successive halving, ASHA's early-stopping rule as Ray Tune's ASHA scheduler applies it), a
 candidate validates at rung epochs E/9, E/3 (factor 3) and stops at a rung where its fitness is below the top
 third of what earlier candidates reached there (the first at a rung always goes on); stopped candidates go to
-evolve_stopped.csv, not evolve.csv, so parents (and hyp_evolve.yaml) come only from candidates trained in full, whose fitness is comparable. Every
-candidate's rung results, in the order they happened, are in evolve_rungs.csv.
+evolve_stopped.csv, not evolve.csv, so parents (and hyp_evolve.yaml) come only from candidates trained in full,
+whose fitness is comparable. Every candidate's rung results, in the order they happened, are in evolve_rungs.csv.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import shutil
 import socket
@@ -405,6 +406,17 @@ def resolve_auto_optimizer(config: TrainConfig, save_dir: Path) -> TrainConfig:
     return replace(config, optimizer=name, hyp=str(path))
 
 
+def warn_rungs_in_warmup(config: TrainConfig) -> None:
+    """A warning when a rung comes before the warmup ends: the learning rate is still ramping there, so a fitness
+    at that rung ranks candidates by how far their warmup got, not by how well they train."""
+    epochs, warmup = config.resolved().epochs, load_hyp(config.hyp).get("warmup_epochs", 0.0)
+    early = [e for e in rung_epochs(epochs)[:-1] if e < warmup]
+    if early:
+        LOGGER.warning(f"evolve: successive halving judges candidates at epoch {', '.join(map(str, early))}, within "
+                       f"the warmup ({warmup:g} epochs, hyp warmup_epochs), where fitness ranks them poorly; with "
+                       f"--epochs {math.ceil(warmup) * RUNG_FACTOR ** 2} or more every rung comes after it")
+
+
 def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, project: str = "runs/evolve",
            name: str = "exp", resume: str | None = None, seed: int | None = None, halving: bool = False,
            backend: str = "file", address: str | None = None, cpus_per_candidate: int = 0) -> Path:
@@ -437,6 +449,8 @@ def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, proje
     LOGGER.info(f"evolve: {generations} generations in {save_dir} on {workers}" +
                 (f", successive halving at epochs {', '.join(map(str, rung_epochs(config.resolved().epochs)))}"
                  if halving else ""))
+    if halving:
+        warn_rungs_in_warmup(config)
     if backend == "ray":
         from .evolve_ray import evolve_on_ray
 
