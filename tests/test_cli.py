@@ -1,13 +1,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
-from conftest import REFERENCE
+from conftest import REFERENCE, ROOT
 from typer.testing import CliRunner
 
 from yolo_accel.checkpoint import read_weights
 from yolo_accel.cli import app
+from yolo_accel.data.demo import write_demo_dataset
 
 runner = CliRunner()
 
@@ -107,3 +113,25 @@ def test_evolve_under_a_process_group_and_fsdp_are_refused(monkeypatch, tmp_path
     result = runner.invoke(app, ["train", "--epochs", "1", "--project", str(tmp_path)])
     assert result.exit_code == 1 and "FSDP was requested" in result.output and "accelerate launch" in result.output
     assert not list(tmp_path.iterdir())  # refused before a run folder was made
+
+
+def test_sigusr1_prints_where_a_run_is(tmp_path):
+    """`kill -USR1` on a training process prints every thread's stack and the run goes on (a hung job's diagnosis)."""
+    data = write_demo_dataset(tmp_path / "data", train_images=8, val_images=4, imgsz=64, seed=0)
+    command = [sys.executable, str(ROOT / "cli.py"), "train", "--data", str(data), "--cfg",
+               str(REFERENCE / "tiny.yaml"),
+               "--epochs", "300", "--batch-size", "4", "--img", "64", "--workers", "0", "--noautoanchor", "--noplots",
+               "--project", str(tmp_path / "runs")]
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in process.stdout:
+            if "Starting training" in line:
+                break
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        assert process.poll() is None, "SIGUSR1 ended the run"
+    finally:
+        process.kill()
+    output = process.communicate()[0]
+    assert "most recent call first" in output and "train.py" in output

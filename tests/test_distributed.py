@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,11 +35,46 @@ def train_args(data: Path, project: Path, cfg: Path = REFERENCE / "tiny.yaml") -
             "--batch-size", "8", "--img", "64", "--workers", "1", "--noautoanchor", "--project", str(project)]
 
 
-def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+def run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a job to its end; one that outlives `timeout` fails the test with every process's stacks (SIGUSR1 makes
+    the CLI's processes print them), so a hang shows where it waits."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        below = descendants(process.pid)
+        signal_all(below, signal.SIGUSR1)
+        time.sleep(5)
+        signal_all([process.pid, *below], signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"still running after {timeout} s: {command}\n{stdout[-3000:]}\n{stderr[-20000:]}")
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torch elastic starts each training process in a session of its own)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
 def final_model(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_distributed import DDP, latest_snapshot, launch, relative_difference, run, snapshot_tensors
-from test_fsdp import FSDP, descendants
+from test_distributed import DDP, descendants, latest_snapshot, launch, relative_difference, run, snapshot_tensors
+from test_fsdp import FSDP
 
 from yolo_accel.data.demo import write_demo_dataset
 from yolo_accel.results import read_results

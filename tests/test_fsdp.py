@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from test_distributed import (
     ACCELERATE,
     DDP,
+    descendants,
     final_model,
     free_port,
     latest_snapshot,
@@ -70,23 +71,6 @@ def test_fsdp_equals_ddp_and_writes_the_same_files(data, tmp_path):
     validated = run([sys.executable, str(ROOT / "cli.py"), "val", "--data", str(data), "--weights",
                      str(runs[0] / "weights" / "best.safetensors"), "--img", "64", "--project", str(tmp_path / "val")])
     assert "all" in validated.stdout
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (torch elastic starts each training process in a session of its own)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
 
 
 def test_fsdp_killed_and_resumed_equals_straight(data, tmp_path):

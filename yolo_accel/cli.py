@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import codecs
+import faulthandler
 import os
+import signal
 
 # DataLoader workers share the CPU with PyTorch's threads; passive OpenMP waiting stops those threads spinning on
 # cores the workers need (about 10% faster CPU training here). It must be set before torch loads its OpenMP runtime.
@@ -494,6 +496,8 @@ def expand_optional_values(args: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack to stderr: where a hung run waits
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     app(args=expand_optional_values(list(sys.argv[1:] if argv is None else argv)))
 
 
