@@ -46,6 +46,7 @@ def test_mutation_follows_yolov5_rules():
         for key, value in child.items():
             gain, low, high = BOUNDS[key]
             assert low <= value <= high and value == round(value, 5)
+            assert value == float(f"{value:20.5g}")  # what its evolve.csv row holds is what it trains with
             if gain == 0:
                 assert value == hyp[key]  # fixed keys never move
             elif hyp[key] and low < value < high:
