@@ -149,12 +149,16 @@ def test_rungs_and_the_keep_rule():
     assert not keep_training([0.1, 0.2, 0.3, 0.4, 0.5], 0.3)  # the cutoff is 0.367
 
 
-def test_a_rung_within_the_warmup_is_named(caplog):
+def test_a_rung_within_the_warmup_is_named(caplog, tiny_data):
     with caplog.at_level("WARNING", logger="yolo_accel"):
         warn_rungs_in_warmup(with_model_defaults(TrainConfig(data="x.yaml", epochs=27)))  # rungs 3, 9, 27
         assert not caplog.records
         warn_rungs_in_warmup(with_model_defaults(TrainConfig(data="x.yaml", epochs=9)))  # rungs 1, 3, 9
-    assert "at epoch 1, within the warmup (3 epochs" in caplog.text and "--epochs 27 or more" in caplog.text
+        assert "at epoch 1, within the warmup (3 epochs" in caplog.text and "--epochs 27 or more" in caplog.text
+        caplog.clear()
+        # 16 images in batches of 4: the warmup's 100 batches take 25 epochs
+        warn_rungs_in_warmup(with_model_defaults(TrainConfig(data=str(tiny_data), epochs=27, batch_size=4)))
+    assert "at epoch 3, 9, within the warmup (25 epochs" in caplog.text and "--epochs 225 or more" in caplog.text
 
 
 def test_halving_stops_weak_candidates_and_breeds_from_full_ones(tiny_data, tmp_path, monkeypatch):

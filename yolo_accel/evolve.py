@@ -34,7 +34,7 @@ import yaml
 from filelock import FileLock
 
 from .config import ConfigError, TrainConfig, load_hyp
-from .data.sources import list_images, load_data_config
+from .data.sources import DataError, list_images, load_data_config
 from .files import atomic_write, check_output_folder, increment_path
 from .metrics import fitness
 from .optim import auto_optimizer
@@ -410,13 +410,26 @@ def resolve_auto_optimizer(config: TrainConfig, save_dir: Path) -> TrainConfig:
 
 def warn_rungs_in_warmup(config: TrainConfig) -> None:
     """A warning when a rung comes before the warmup ends: the learning rate is still ramping there, so a fitness
-    at that rung ranks candidates by how far their warmup got, not by how well they train."""
-    epochs, warmup = config.resolved().epochs, load_hyp(config.hyp).get("warmup_epochs", 0.0)
-    early = [e for e in rung_epochs(epochs)[:-1] if e < warmup]
+    at that rung ranks candidates by how far their warmup got, not by how well they train. YOLOv5's warmup lasts
+    max(warmup_epochs, 100 batches); the anchor-free recipe's min(warmup_epochs, epochs - 1)."""
+    resolved = config.resolved()
+    hyp = load_hyp(resolved.hyp)
+    warmup = hyp.get("warmup_epochs", 0.0)
+    if "dfl" in hyp:
+        warmup = min(warmup, resolved.epochs - 1)
+    elif warmup > 0 and resolved.batch_size > 0:
+        try:
+            batches = math.ceil(len(list_images(load_data_config(resolved.data), "train")) / resolved.batch_size)
+        except (ConfigError, DataError, OSError):  # the run itself reports a dataset it cannot read
+            batches = 0
+        if batches:
+            warmup = max(warmup, 100 / batches)
+    early = [e for e in rung_epochs(resolved.epochs)[:-1] if e < warmup]
     if early:
         LOGGER.warning(f"evolve: successive halving judges candidates at epoch {', '.join(map(str, early))}, within "
-                       f"the warmup ({warmup:g} epochs, hyp warmup_epochs), where fitness ranks them poorly; with "
-                       f"--epochs {math.ceil(warmup) * RUNG_FACTOR ** 2} or more every rung comes after it")
+                       f"the warmup ({warmup:.3g} epochs: hyp warmup_epochs, at least 100 batches), where fitness "
+                       f"ranks them poorly; with --epochs {math.ceil(warmup) * RUNG_FACTOR ** 2} or more every rung "
+                       "comes after it")
 
 
 def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, project: str = "runs/evolve",
