@@ -10,9 +10,6 @@
 #            yolov5nu, seeds 0 and 1 (add --seeds 0 1 2 when there is time)
 # scale:     DDP against FSDP on every GPU here (world size 1 exercises the path): peak memory per GPU and epoch
 #            time for yolov5x6 at 1280 px, AMP, and a DDP run with --sync-bn
-# evolve:    successive halving's saving with 27-epoch candidates (rungs 3, 9, 27, after the warmup) on the demo
-#            data, plain GA against --halving, 12 candidates fine-tuning a 30-epoch yolov5n; it continues from
-#            $OUT/evolve/runs.jsonl when run again
 # Results are JSON lines in $OUT (default /tmp/gpu-checks) and on stdout; a section that fails does not stop the
 # others.
 set -u
@@ -49,15 +46,8 @@ for section in "$@"; do
       timeout 300 python benchmarks/scale_out.py --cfg yolov5s.yaml --img 640 --batch-size 32 --epochs 1 \
         --images 64 --modes ddp --sync-bn --out "$OUT/scale-syncbn" | tail -n 1 | tee "$OUT/scale-syncbn.json"
       ;;
-    evolve)
-      weights="$OUT/evolve-pre/weights/best.safetensors"
-      [ -f "$weights" ] || timeout 300 yolo-accel train --data demo --epochs 30 --project "$OUT" --name evolve-pre \
-        --exist-ok --noplots > "$OUT/evolve-pre.log" 2>&1
-      timeout 900 python benchmarks/evolve_budget.py --data demo --weights "$weights" --img 64 --epochs 27 \
-        --candidates 12 --seeds 0 1 2 --workers 8 --out "$OUT/evolve" | tail -n 1 | tee "$OUT/evolve.json"
-      ;;
     *)
-      echo "unknown section $section (loop, compile, precision, scale, evolve)" >&2
+      echo "unknown section $section (loop, compile, precision, scale)" >&2
       ;;
   esac
 done
