@@ -414,7 +414,7 @@ def warn_rungs_in_warmup(config: TrainConfig) -> None:
     max(warmup_epochs, 100 batches); the anchor-free recipe's min(warmup_epochs, epochs - 1)."""
     resolved = config.resolved()
     hyp = load_hyp(resolved.hyp)
-    warmup = hyp.get("warmup_epochs", 0.0)
+    warmup, what = hyp.get("warmup_epochs", 0.0), "hyp warmup_epochs"
     if "dfl" in hyp:
         warmup = min(warmup, resolved.epochs - 1)
     elif warmup > 0 and resolved.batch_size > 0:
@@ -423,11 +423,11 @@ def warn_rungs_in_warmup(config: TrainConfig) -> None:
         except (ConfigError, DataError, OSError):  # the run itself reports a dataset it cannot read
             batches = 0
         if batches:
-            warmup = max(warmup, 100 / batches)
+            warmup, what = max(warmup, 100 / batches), "hyp warmup_epochs, at least 100 batches"
     early = [e for e in rung_epochs(resolved.epochs)[:-1] if e < warmup]
     if early:
         LOGGER.warning(f"evolve: successive halving judges candidates at epoch {', '.join(map(str, early))}, within "
-                       f"the warmup ({warmup:.3g} epochs: hyp warmup_epochs, at least 100 batches), where fitness "
+                       f"the warmup ({warmup:.3g} epochs: {what}), where fitness "
                        f"ranks them poorly; with --epochs {math.ceil(warmup) * RUNG_FACTOR ** 2} or more every rung "
                        "comes after it")
 
