@@ -344,3 +344,21 @@ def test_freed_memory_goes_back_to_the_os_once_a_worker_has_grown(monkeypatch):
     assert trims == [0, 0] and loader_module._trim_above == resident[0] + loader_module.TRIM_SLACK
     loader_module.release_freed_memory()
     assert len(trims) == 2
+
+
+def test_a_batch_lost_with_its_worker_is_reported_as_the_worker():
+    """A worker killed while its batch is in flight surfaces as an EOFError (its shared memory cannot be fetched);
+    that is reported as the dead worker, which the training loop saves and explains."""
+    from yolo_accel.data.loader import lost_worker_report, worker_failures_between_batches
+
+    dataset = torch.utils.data.TensorDataset(torch.arange(64.0))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=1)
+    with worker_failures_between_batches():
+        batches = iter(loader)
+        next(batches)
+        assert lost_worker_report(EOFError()) is None  # every worker alive: not a lost worker
+        os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+        report = lost_worker_report(EOFError())
+        del batches
+    assert report is not None and "killed by signal" in str(report)
+    assert lost_worker_report(ValueError("other")) is None

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .data.loader import LoaderWorkerLost, describe_lost_worker, loader_worker_lost
+from .data.loader import LoaderWorkerLost, describe_lost_worker, lost_worker_report
 
 LOGGER = logging.getLogger("yolo_accel")
 
@@ -51,8 +51,9 @@ def saved_when_a_worker_dies(save: Callable[[], None], loop: Any, batches_per_ep
     (validation, or with several processes, whose peers are not at a save) the latest snapshot is what remains."""
     try:
         yield
-    except RuntimeError as err:
-        if not loader_worker_lost(err):
+    except (RuntimeError, EOFError, ConnectionError) as raised:
+        err = lost_worker_report(raised)
+        if err is None:
             raise
         saved = 0 < loop.batch < batches_per_epoch and processes == 1
         if saved:

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import NamedTuple
@@ -215,6 +216,25 @@ class LoaderWorkerLost(RuntimeError):
 def loader_worker_lost(err: BaseException) -> bool:
     """Whether `err` is DataLoader's report of a worker that died."""
     return isinstance(err, RuntimeError) and "DataLoader worker (pid" in str(err)
+
+
+def lost_worker_report(err: BaseException) -> BaseException | None:
+    """DataLoader's report of the dead worker behind `err`, or None when no worker died. `err` is that report, or
+    an EOFError / ConnectionError from a batch the worker had in flight when it died (the main process could not
+    fetch its shared memory from the dead sender): DataLoader's own check of its workers then names the worker,
+    once the kernel has finished ending it."""
+    if loader_worker_lost(err):
+        return err
+    if not isinstance(err, (EOFError, ConnectionError)):
+        return None
+    for _ in range(40):
+        try:
+            torch._C._error_if_any_worker_fails()
+        except RuntimeError as report:
+            if loader_worker_lost(report):
+                return report
+        time.sleep(0.05)
+    return None
 
 
 def describe_lost_worker(err: BaseException) -> str:
