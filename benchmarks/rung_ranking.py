@@ -48,18 +48,20 @@ def best_in_top_third(scores: list[float], final: list[float]) -> bool:
 
 
 def train_curve(config, hyp: dict[str, float], folder: Path, epochs: int, every_epoch: bool) -> list[float]:
+    """Fitness after each epoch (every_epoch) or only the last, trained the way evolve trains a candidate."""
+    from yolo_accel.evolve import train_candidate
     from yolo_accel.metrics import fitness
-    from yolo_accel.results import read_results
-    from yolo_accel.train import train
+
+    curve: list[float] = []
+
+    def record(_: int, score: float) -> bool:
+        curve.append(score)
+        return True  # never stops
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "hyp.yaml").write_text(yaml.safe_dump(hyp, sort_keys=False))
-    options = replace(config, hyp=str(folder / "hyp.yaml"), epochs=epochs, project=str(folder.parent),
-                      name=folder.name, noval=True, nosave=True, noplots=True, exist_ok=True, candidate=True,
-                      val_epochs=tuple(range(1, epochs)) if every_epoch else ())
-    rows = read_results(train(options) / "results.csv")
-    metrics = np.array([[row[k] for k in list(row)[4:8]] for row in rows])  # P, R, mAP50, mAP50-95
-    return [round(float(f), 6) for f in fitness(metrics)]
+    results, _ = train_candidate(replace(config, epochs=epochs), hyp, folder, on_rung=record,
+                                 rungs=tuple(range(1, epochs + 1)) if every_epoch else (epochs,))
+    return [round(f, 6) for f in [*curve, float(fitness(np.array(list(results.values())[:4])))]]
 
 
 def main() -> None:
@@ -91,11 +93,9 @@ def main() -> None:
         "per_epoch": [{"epoch": e + 1, "spearman": round(spearman([c[e] for c in full], final), 3),
                        "best_in_top_third": best_in_top_third([c[e] for c in full], final)}
                       for e in range(epochs - 1)],
-        "short": [{"epochs": e, "spearman": round(spearman([curves[f"short{e}-{n}"][-1] for n in range(len(hyps))],
-                                                           final), 3),
-                   "best_in_top_third": best_in_top_third([curves[f"short{e}-{n}"][-1] for n in range(len(hyps))],
-                                                          final)}
-                  for e in args.short],
+        "short": [{"epochs": e, "spearman": round(spearman(ends, final), 3),
+                   "best_in_top_third": best_in_top_third(ends, final)}
+                  for e in args.short for ends in [[curves[f"short{e}-{n}"][-1] for n in range(len(hyps))]]],
     }
     print(json.dumps(summary))
 
