@@ -1,14 +1,15 @@
 """What successive halving saves: YOLOv5's genetic search with and without `--halving`, same candidate budget.
 
     python benchmarks/evolve_budget.py --data demo --epochs 9 --candidates 12 --seeds 0 1 2 --out /tmp/evolve-budget \
-        [--weights runs/train/exp/weights/best.safetensors]
+        [--weights runs/train/exp/weights/best.safetensors] [--modes plain halving restarts]
 
-For each seed (the search's own random draws; every candidate trains with seed 0, as `yolo-accel evolve` does) both
-searches run one worker over the same number of candidates. Reported per run: the best fitness (0.1 mAP50 + 0.9
-mAP50-95 of a candidate trained in full), the candidate-epochs spent and the wall time; then the means per mode, the
-plain search's best within the compute each halving run spent, and OUT/evolve_budget.png (best fitness against
-candidate-epochs, every run). Each finished run is appended to OUT/runs.jsonl, so an interrupted benchmark
-continues. The last stdout line is one JSON object.
+Modes: plain (YOLOv5's search), halving (`--halving`: rungs within one run), restarts (`--halving --restarts`: each
+rung a run of its own). For each seed (the search's own random draws; every candidate trains with seed 0, as
+`yolo-accel evolve` does) each mode runs one worker over the same number of candidates. Reported per run: the best
+fitness (0.1 mAP50 + 0.9 mAP50-95 of a candidate trained in full), the candidate-epochs spent and the wall time;
+then the means per mode, the plain search's best within the compute each halving run spent, and
+OUT/evolve_budget.png (best fitness against candidate-epochs, every run). Each finished run is appended to
+OUT/runs.jsonl, so an interrupted benchmark continues. The last stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+MODES = ("plain", "halving", "restarts")
 
 
 def parse() -> argparse.Namespace:
@@ -32,23 +35,24 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--out", type=Path, required=True)
     return parser.parse_args()
 
 
-def run_search(args: argparse.Namespace, seed: int, halving: bool) -> dict:
+def run_search(args: argparse.Namespace, seed: int, mode: str) -> dict:
     from yolo_accel.config import TrainConfig
     from yolo_accel.evolve import evolve, read_rungs
     from yolo_accel.plots import compute_curve
 
-    name = f"{'halving' if halving else 'plain'}-seed{seed}"
+    name = f"{mode}-seed{seed}"
     config = TrainConfig(data=args.data, model=args.cfg, weights=args.weights, epochs=args.epochs, imgsz=args.img,
                          batch_size=args.batch_size, workers=args.workers)
     start = time.perf_counter()
     folder = evolve(config, generations=args.candidates, project=str(args.out), name=name, resume=str(args.out / name),
-                    seed=seed, halving=halving)
+                    seed=seed, halving=mode != "plain", restarts=mode == "restarts")
     spent, best, _ = compute_curve(read_rungs(folder / "evolve_rungs.csv"))
-    return {"mode": "halving" if halving else "plain", "seed": seed, "best_fitness": round(best[-1], 4),
+    return {"mode": mode, "seed": seed, "best_fitness": round(best[-1], 4),
             "candidate_epochs": spent[-1], "minutes": round((time.perf_counter() - start) / 60, 1),
             "curve": [spent, [round(b, 4) for b in best]]}
 
@@ -59,9 +63,9 @@ def plot(runs: list[dict], path: Path) -> None:
     fig = Figure(figsize=(6, 4), tight_layout=True)
     ax = fig.subplots()
     for run in runs:
-        colour = "C1" if run["mode"] == "halving" else "C0"
+        colour = f"C{MODES.index(run['mode'])}"
         ax.step(*run["curve"], where="post", color=colour, alpha=0.8,
-                label=run["mode"] if run["seed"] == runs[0]["seed"] else None)
+                label=run["mode"] if run["seed"] == min(r["seed"] for r in runs if r["mode"] == run["mode"]) else None)
     ax.set_xlabel("candidate-epochs spent")
     ax.set_ylabel("best fitness so far")
     ax.legend()
@@ -87,18 +91,17 @@ def main() -> None:
     ledger = args.out / "runs.jsonl"
     runs = [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.is_file() else []
     for seed in args.seeds:
-        for halving in (False, True):
-            mode = "halving" if halving else "plain"
+        for mode in args.modes:
             if any(r["mode"] == mode and r["seed"] == seed for r in runs):
                 continue
-            run = run_search(args, seed, halving)
+            run = run_search(args, seed, mode)
             print(json.dumps({k: v for k, v in run.items() if k != "curve"}), file=sys.stderr)
             with open(ledger, "a") as f:
                 f.write(json.dumps(run) + "\n")
             runs.append(run)
     plot(runs, args.out / "evolve_budget.png")
     summary = {"data": args.data, "epochs": args.epochs, "candidates": args.candidates, "seeds": args.seeds}
-    for mode in ("plain", "halving"):
+    for mode in MODES:
         chosen = [r for r in runs if r["mode"] == mode and r["seed"] in args.seeds]
         if chosen:
             summary[mode] = {"best_fitness": [r["best_fitness"] for r in chosen],
@@ -106,12 +109,13 @@ def main() -> None:
                              "mean_best_fitness": round(statistics.mean(r["best_fitness"] for r in chosen), 4),
                              "mean_candidate_epochs": statistics.mean(r["candidate_epochs"] for r in chosen),
                              "minutes": [r["minutes"] for r in chosen]}
-    if "plain" in summary and "halving" in summary:
-        summary["compute_ratio"] = round(summary["halving"]["mean_candidate_epochs"] /
-                                         summary["plain"]["mean_candidate_epochs"], 3)
-        summary["plain_best_at_halving_compute"] = [plain_best_within(runs, seed, r["candidate_epochs"])
-                                                    for seed in args.seeds for r in runs
-                                                    if r["mode"] == "halving" and r["seed"] == seed]
+    for mode in ("halving", "restarts"):
+        if "plain" in summary and mode in summary:
+            summary[mode]["compute_ratio"] = round(summary[mode]["mean_candidate_epochs"] /
+                                                   summary["plain"]["mean_candidate_epochs"], 3)
+            summary[mode]["plain_best_at_same_compute"] = [plain_best_within(runs, seed, r["candidate_epochs"])
+                                                           for seed in args.seeds for r in runs
+                                                           if r["mode"] == mode and r["seed"] == seed]
     print(json.dumps(summary))
 
 

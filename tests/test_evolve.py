@@ -17,7 +17,7 @@ import yaml
 from conftest import REFERENCE
 
 import yolo_accel.evolve as evolve_module
-from yolo_accel.config import TrainConfig, load_hyp
+from yolo_accel.config import ConfigError, TrainConfig, load_hyp
 from yolo_accel.data.demo import write_demo_dataset
 from yolo_accel.evolve import (
     BOUNDS,
@@ -34,6 +34,8 @@ from yolo_accel.evolve import (
     select_parent,
     warn_rungs_in_warmup,
 )
+from yolo_accel.metrics import fitness
+from yolo_accel.plots import compute_curve
 from yolo_accel.train import with_model_defaults
 
 
@@ -166,7 +168,7 @@ def test_halving_stops_weak_candidates_and_breeds_from_full_ones(tiny_data, tmp_
     candidate stops at the first rung where it is not in the top third; only full ones become parents."""
     trained_epochs = []
 
-    def fake_train(config, hyp, folder, on_rung=None, rungs=()):
+    def fake_train(config, hyp, folder, on_rung=None, rungs=(), restarts=False):
         for epochs in rungs[:-1]:
             if on_rung is not None and not on_rung(epochs, hyp["lr0"]):
                 trained_epochs.append(epochs)
@@ -193,24 +195,48 @@ def test_halving_stops_weak_candidates_and_breeds_from_full_ones(tiny_data, tmp_
     assert load_hyp(run / "hyp_evolve.yaml")["lr0"] == pytest.approx(full[:, header.index("lr0")].max())
 
 
+def test_halving_with_restarts_trains_each_rung_as_a_run_of_its_own(tiny_data, tmp_path):
+    """A rung with restarts is a whole run of its epochs: the first candidate's rung fitness equals a plain search
+    of 1 epoch, its final row a plain search of 3; the compute counts both runs (1 + 3 epochs)."""
+    config = replace(tiny_config(tiny_data), epochs=3)  # rungs at 1 and 3
+    run = evolve(config, generations=1, project=str(tmp_path / "restarts"), seed=0, halving=True, restarts=True)
+    short = evolve(replace(config, epochs=1), generations=1, project=str(tmp_path / "short"), seed=0)
+    full = evolve(config, generations=1, project=str(tmp_path / "full"), seed=0)
+    history = read_rungs(run / "evolve_rungs.csv")
+    assert [(r["epochs"], r["stopped"], r["spent"]) for r in history] == [(1, False, 1), (3, False, 3)]
+    assert history[0]["fitness"] == pytest.approx(float(fitness(read_ledger(short / "evolve.csv")[1])[0]), abs=1e-6)
+    assert np.array_equal(read_ledger(run / "evolve.csv")[1], read_ledger(full / "evolve.csv")[1])
+    assert compute_curve(history)[0] == [4] and not list((run / "candidates").iterdir())
+    with pytest.raises(ConfigError, match="--restarts"):
+        evolve(config, generations=1, project=str(tmp_path / "x"), restarts=True)
+
+
 @pytest.mark.slow
-def test_a_killed_worker_leaves_its_candidate_and_the_next_one_finishes_it_exactly(tiny_data, tmp_path):
+@pytest.mark.parametrize("restarts", [False, True], ids=["one-run", "restarts"])
+def test_a_killed_worker_leaves_its_candidate_and_the_next_one_finishes_it_exactly(tiny_data, tmp_path, restarts):
+    """Killed mid-epoch (with restarts: in its second rung's run, the first finished and judged), the candidate is
+    resumed by the next worker and ends exactly as a straight search, its row and rung records written once."""
     config = replace(tiny_config(tiny_data), epochs=3)
-    straight = evolve(config, generations=1, project=str(tmp_path / "a"), seed=0)
+    straight = evolve(config, generations=1, project=str(tmp_path / "a"), seed=0, halving=restarts, restarts=restarts)
     run = tmp_path / "b" / "exp"
     run.mkdir(parents=True)
     (run / "opt.yaml").write_text(yaml.safe_dump(with_model_defaults(config).to_dict()))  # as evolve writes it
-    victim = subprocess.Popen([sys.executable, "-m", "yolo_accel.evolve", str(run), "1", "0"], env={**os.environ},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    flags = ["halving", "restarts"] if restarts else []
+    victim = subprocess.Popen([sys.executable, "-m", "yolo_accel.evolve", str(run), "1", "0", *flags],
+                              env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(run.glob("candidates/*/state/latest.json")):
+    snapshot = "candidates/*/epochs3/state/latest.json" if restarts else "candidates/*/state/latest.json"
+    while time.time() < deadline and not list(run.glob(snapshot)):
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (run / "evolve.csv").exists() and len((run / "evolve.claims").read_text().split()) == 1
-    evolve(config, generations=1, resume=str(run), seed=5)  # another worker: resumes, adds no new candidate
+    # another worker: resumes, adds no new candidate
+    evolve(config, generations=1, resume=str(run), seed=5, halving=restarts, restarts=restarts)
     assert np.array_equal(read_ledger(run / "evolve.csv")[1], read_ledger(straight / "evolve.csv")[1])
     assert not (run / "evolve.claims").read_text().strip() and not list((run / "candidates").iterdir())
+    assert [(r["epochs"], r["fitness"], r["spent"]) for r in read_rungs(run / "evolve_rungs.csv")] == \
+        [(r["epochs"], r["fitness"], r["spent"]) for r in read_rungs(straight / "evolve_rungs.csv")]
 
 
 RAY_EVOLVE = """
@@ -220,7 +246,8 @@ from yolo_accel.evolve import evolve
 config = TrainConfig(data=sys.argv[1], model=sys.argv[2], epochs=3, batch_size=8, imgsz=64, workers=0,
                      noautoanchor=True)
 logging.basicConfig(level=logging.INFO, format="%(message)s")
-evolve(config, generations=int(sys.argv[4]), resume=sys.argv[3], seed=0, backend="ray", halving="halving" in sys.argv)
+evolve(config, generations=int(sys.argv[4]), resume=sys.argv[3], seed=0, backend="ray", halving="halving" in sys.argv,
+       restarts="restarts" in sys.argv)
 """
 
 
@@ -253,16 +280,18 @@ def test_ray_backend_retries_a_killed_task_which_resumes_its_candidate(tiny_data
 
 
 @pytest.mark.slow
-def test_ray_backend_with_halving_fills_the_same_files(tiny_data, tmp_path):
+@pytest.mark.parametrize("restarts", [False, True], ids=["one-run", "restarts"])
+def test_ray_backend_with_halving_fills_the_same_files(tiny_data, tmp_path, restarts):
     pytest.importorskip("ray")
     run = tmp_path / "exp"
     result = subprocess.run([sys.executable, "-c", RAY_EVOLVE, str(tiny_data), str(REFERENCE / "tiny.yaml"),
-                             str(run), "4", "halving"], env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True,
-                            text=True, timeout=900)
+                             str(run), "4", "halving", *(["restarts"] if restarts else [])],
+                            env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     full, stopped = read_ledger(run / "evolve.csv")[1], read_ledger(run / "evolve_stopped.csv")[1]
     assert len(full) + len(stopped) == 4
     history = read_rungs(run / "evolve_rungs.csv")
     assert {r["epochs"] for r in history} <= {1, 3} and sum(r["epochs"] == 3 for r in history) == len(full)
+    assert all(r["spent"] == (r["epochs"] if restarts or r["epochs"] == 1 else 2) for r in history)
     assert (run / "hyp_evolve.yaml").is_file() and (run / "evolve.png").is_file()
     assert "candidate 4/4" in result.stdout + result.stderr

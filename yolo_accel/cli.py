@@ -350,6 +350,8 @@ def evolve(
     resume: Annotated[str | None, typer.Option(help="continue the evolve folder at PATH")] = None,
     halving: Annotated[bool, typer.Option("--halving", help="successive halving: stop candidates that rank in the "
                                                             "bottom two thirds at epochs E/9 and E/3")] = False,
+    restarts: Annotated[bool, typer.Option("--restarts", help="with --halving: each rung a whole run of its epochs "
+                                                              "(E/9, then E/3, then E, each from the start)")] = False,
     backend: Annotated[str, typer.Option(help="file (workers sharing a locked ledger) or ray (one task per "
                                               "candidate on a Ray cluster)")] = "file",
     address: Annotated[str | None, typer.Option(help="--backend ray: the cluster's address [default: $RAY_ADDRESS, "
@@ -374,7 +376,7 @@ def evolve(
              f"start one")
     try:
         run_evolve(config, generations=generations, parallel=parallel, project=project, name=name,
-                   resume=resume, halving=halving, backend=backend, address=address)
+                   resume=resume, halving=halving, restarts=restarts, backend=backend, address=address)
     except TrainingInterrupted:
         typer.echo("evolve stopped; its unfinished candidate is saved. Re-run the same command to continue it.")
         raise typer.Exit(0) from None

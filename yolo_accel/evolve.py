@@ -11,6 +11,10 @@ candidate validates at rung epochs E/9, E/3 (factor 3) and stops at a rung where
 third of what earlier candidates reached there (the first at a rung always goes on); stopped candidates go to
 evolve_stopped.csv, not evolve.csv, so parents (and hyp_evolve.yaml) come only from candidates trained in full,
 whose fitness is comparable. Every candidate's rung results, in the order they happened, are in evolve_rungs.csv.
+With `restarts` (successive halving with restarts), a rung is a whole training run of its epochs, learning-rate
+schedule and EMA included: a candidate trains E/9 epochs, and one that goes on trains again from the start for E/3,
+then for E. It costs more per surviving candidate (1.44 E for one trained in full) but ranks candidates by what a
+short schedule reaches, not by an epoch inside a long one's warmup.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ BOUNDS = {
 ANCHOR_FREE_BOUNDS = {**BOUNDS, "box": (1, 1.0, 20.0), "cls": (1, 0.1, 4.0), "dfl": (1, 0.3, 6.0)}
 MUTATION_PROBABILITY, SIGMA = 0.8, 0.2
 RUNG_FACTOR = 3  # successive halving: rungs at E/9, E/3, E; a candidate continues if in the top third of its rung
-RUNG_COLUMNS = ("candidate", "epochs", "fitness", "stopped")
+RUNG_COLUMNS = ("candidate", "epochs", "fitness", "stopped", "spent")  # spent: candidate-epochs this record cost
 
 
 def bounds_for(hyp: dict[str, float]) -> dict[str, tuple[float, float, float]]:
@@ -112,15 +116,19 @@ def keep_training(earlier: list[float], score: float, factor: int = RUNG_FACTOR)
 
 
 def read_rungs(path: Path) -> list[dict]:
-    """evolve_rungs.csv rows (candidate, epochs, fitness, stopped), in the order they were recorded."""
+    """evolve_rungs.csv rows (candidate, epochs, fitness, stopped, spent), in the order they were recorded; a file
+    without the spent column (a continuing search's) gets it from the epochs."""
     if not path.exists():
         return []
     rows = []
     for line in path.read_text(errors="replace").splitlines()[1:]:
         fields = line.split(",")
         try:
-            rows.append({"candidate": fields[0], "epochs": int(fields[1]), "fitness": float(fields[2]),
-                         "stopped": fields[3].strip() == "1"})
+            record = {"candidate": fields[0], "epochs": int(fields[1]), "fitness": float(fields[2]),
+                      "stopped": fields[3].strip() == "1"}
+            record["spent"] = int(fields[4]) if len(fields) > 4 else record["epochs"] - max(
+                (r["epochs"] for r in rows if r["candidate"] == record["candidate"]), default=0)
+            rows.append(record)
         except (IndexError, ValueError):  # a torn row
             continue
     return rows
@@ -128,16 +136,25 @@ def read_rungs(path: Path) -> list[dict]:
 
 def write_rungs(path: Path, history: list[dict]) -> None:
     """evolve_rungs.csv rewritten whole (a driver that holds every record)."""
-    lines = [",".join(RUNG_COLUMNS)] + [f"{r['candidate']},{r['epochs']},{r['fitness']:.6g},{int(r['stopped'])}"
-                                        for r in history]
+    lines = [",".join(RUNG_COLUMNS)] + [f"{r['candidate']},{r['epochs']},{r['fitness']:.6g},{int(r['stopped'])},"
+                                        f"{r['spent']}" for r in history]
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
 
-def record_rung(path: Path, candidate: str, epochs: int, score: float, stopped: bool) -> None:
-    """Append one rung result (with the ledger's lock held)."""
+def record_rung(path: Path, record: dict) -> None:
+    """Append one rung record (with the ledger's lock held)."""
     text = "" if path.exists() else ",".join(RUNG_COLUMNS) + "\n"
     with open(path, "a") as f:
-        f.write(text + f"{candidate},{epochs},{score:.6g},{int(stopped)}\n")
+        f.write(text + f"{record['candidate']},{record['epochs']},{record['fitness']:.6g},{int(record['stopped'])},"
+                       f"{record['spent']}\n")
+
+
+def rung_record(history: list[dict], name: str, epochs: int, score: float, stopped: bool,
+                restarts: bool = False) -> dict:
+    """A record of candidate `name` at `epochs`, with the candidate-epochs it cost: all of them for a run restarted
+    from the start, else those since the candidate's previous rung."""
+    before = 0 if restarts else max((r["epochs"] for r in history if r["candidate"] == name), default=0)
+    return {"candidate": name, "epochs": epochs, "fitness": score, "stopped": stopped, "spent": epochs - before}
 
 
 @contextmanager
@@ -239,28 +256,37 @@ def adopt_claim(path: Path, orphans: list[str], candidates: Path) -> str | None:
 
 def train_candidate(config: TrainConfig, hyp: dict[str, float], folder: Path,
                     on_rung: Callable[[int, float], bool] | None = None,
-                    rungs: tuple[int, ...] = ()) -> tuple[dict[str, float], int]:
+                    rungs: tuple[int, ...] = (), restarts: bool = False) -> tuple[dict[str, float], int]:
     """Train one candidate in `folder` (validation only at its rungs and last epoch, a snapshot every epoch; a
     folder with a snapshot is resumed). Returns its 7 result columns by name (P, R, mAP50, mAP50-95 and the
     validation losses, whose names are the model's) at the epoch it ended, and the epochs it trained.
-    `on_rung(epochs, fitness)` is asked at each rung before the last whether to go on."""
+    `on_rung(epochs, fitness)` is asked at each rung before the last whether to go on. With `restarts`, each rung
+    is a run of its own from the start (in folder/epochsN), judged when it ends."""
     from .callbacks import Callbacks
     from .state import StateError, snapshots
     from .train import train
 
+    if restarts:
+        for epochs in rungs:
+            results = finished_run(folder / f"epochs{epochs}", epochs) or \
+                train_candidate(replace(config, epochs=epochs), hyp, folder / f"epochs{epochs}")[0]
+            if on_rung is not None and epochs < rungs[-1] and not on_rung(epochs, result_fitness(results)):
+                break
+        return results, epochs
     callbacks = Callbacks()
     if on_rung is not None:
         def judge(event) -> None:
             epochs = event.epoch + 1
             if epochs in rungs[:-1]:
                 row = [event.metrics[k] for k in list(event.metrics)[3:7]]  # P, R, mAP50, mAP50-95
-                event.stop = not on_rung(epochs, float(fitness(np.array(row)[None])[0]))
+                event.stop = not on_rung(epochs, result_fitness(row))
 
         callbacks.add("on_fit_epoch_end", judge)
     try:
         snapshots(folder / "state")
         options = replace(config, resume=str(folder))
     except StateError:  # not started, or stopped before its first snapshot: from the start, in the same folder
+        folder.mkdir(parents=True, exist_ok=True)
         hyp_file = folder / "hyp_candidate.yaml"
         hyp_file.write_text(yaml.safe_dump(hyp, sort_keys=False))
         options = replace(config, hyp=str(hyp_file), project=str(folder.parent), name=folder.name, noval=True,
@@ -269,6 +295,18 @@ def train_candidate(config: TrainConfig, hyp: dict[str, float], folder: Path,
     run = train(options, callbacks)
     rows = read_results(run / "results.csv")
     return dict(list(rows[-1].items())[4:11]), len(rows)  # after epoch and the three training losses
+
+
+def finished_run(folder: Path, epochs: int) -> dict[str, float] | None:
+    """The result columns of a candidate run in `folder` that trained all its `epochs` (a worker killed after it
+    ended), else None."""
+    rows = read_results(folder / "results.csv")
+    return dict(list(rows[-1].items())[4:11]) if len(rows) >= epochs else None
+
+
+def result_fitness(results: dict[str, float] | list[float]) -> float:
+    """Fitness (0.1 mAP50 + 0.9 mAP50-95) of result columns that start P, R, mAP50, mAP50-95."""
+    return float(fitness(np.array(list(results.values()) if isinstance(results, dict) else results)[None])[0])
 
 
 def next_candidate(save_dir: Path, base: dict[str, float], generations: int, rng: np.random.Generator,
@@ -298,25 +336,26 @@ def next_candidate(save_dir: Path, base: dict[str, float], generations: int, rng
     return name, hyp
 
 
-def judge_rung(history: list[dict], name: str, epochs: int, score: float) -> tuple[bool, dict | None]:
+def judge_rung(history: list[dict], name: str, epochs: int, score: float,
+               restarts: bool = False) -> tuple[bool, dict | None]:
     """Whether candidate `name` goes on past the rung at `epochs` (keep_training against what earlier candidates
     recorded there), and the record to add (None when it was judged there before a restart: the same verdict)."""
     mine = [r for r in history if r["candidate"] == name and r["epochs"] == epochs]
     if mine:
         return not mine[0]["stopped"], None
     go_on = keep_training([r["fitness"] for r in history if r["epochs"] == epochs], score)
-    return go_on, {"candidate": name, "epochs": epochs, "fitness": score, "stopped": not go_on}
+    return go_on, rung_record(history, name, epochs, score, not go_on, restarts)
 
 
-def rung_judge(save_dir: Path, name: str) -> Callable[[int, float], bool]:
+def rung_judge(save_dir: Path, name: str, restarts: bool = False) -> Callable[[int, float], bool]:
     """on_rung for a candidate of the file-locked ledger: judge_rung against evolve_rungs.csv, recorded there."""
     ledger, rungs_file = save_dir / "evolve.csv", save_dir / "evolve_rungs.csv"
 
     def on_rung(epochs: int, score: float) -> bool:
         with locked(ledger):
-            go_on, record = judge_rung(read_rungs(rungs_file), name, epochs, score)
+            go_on, record = judge_rung(read_rungs(rungs_file), name, epochs, score, restarts)
             if record is not None:
-                record_rung(rungs_file, name, epochs, score, stopped=record["stopped"])
+                record_rung(rungs_file, record)
         return go_on
 
     return on_rung
@@ -333,7 +372,7 @@ def base_hyp(config: TrainConfig) -> dict[str, float]:
 
 
 def evolve_worker(config: TrainConfig, save_dir: Path, generations: int, seed: int | None = None,
-                  parent: str = "single", halving: bool = False) -> None:
+                  parent: str = "single", halving: bool = False, restarts: bool = False) -> None:
     """Run candidates until the ledgers hold `generations` of them (counting every worker's)."""
     base = base_hyp(config)
     epochs = config.resolved().epochs
@@ -347,19 +386,22 @@ def evolve_worker(config: TrainConfig, save_dir: Path, generations: int, seed: i
         start = time.perf_counter()
         # stopped (Ctrl-C, SIGTERM) or failed, the claim and snapshot stay for the next worker to resume
         results, trained = train_candidate(config, hyp, save_dir / "candidates" / name,
-                                           rung_judge(save_dir, name) if halving else None, rungs)
-        finish_candidate(save_dir, name, hyp, results, trained, epochs, generations, time.perf_counter() - start)
+                                           rung_judge(save_dir, name, restarts) if halving else None, rungs,
+                                           restarts and halving)
+        finish_candidate(save_dir, name, hyp, results, trained, epochs, generations, time.perf_counter() - start,
+                         restarts=restarts and halving)
 
 
 def finish_candidate(save_dir: Path, name: str, hyp: dict[str, float], results: dict[str, float], trained: int,
-                     epochs: int, generations: int, seconds: float, rungs: list[dict] | None = None) -> None:
+                     epochs: int, generations: int, seconds: float, rungs: list[dict] | None = None,
+                     restarts: bool = False) -> None:
     """A finished candidate's row (evolve.csv if trained in full, else evolve_stopped.csv with its epochs), its
     claim and folder gone, hyp_evolve.yaml and the plots updated, a progress line; all with the ledger locked.
     `rungs`: every rung record, this candidate's last one included, to write as evolve_rungs.csv (a driver that
     holds them); without it the record is appended to the file."""
     ledger, stopped_ledger, rungs_file = save_dir / "evolve.csv", save_dir / "evolve_stopped.csv", \
         save_dir / "evolve_rungs.csv"
-    score = float(fitness(np.array(list(results.values()))[None])[0])
+    score = result_fitness(results)
     with locked(ledger):
         if trained >= epochs:
             append_row(ledger, hyp, tuple(results.values()), tuple(results))
@@ -368,7 +410,7 @@ def finish_candidate(save_dir: Path, name: str, hyp: dict[str, float], results: 
         if rungs is not None:
             write_rungs(rungs_file, rungs)
         elif trained >= epochs:
-            record_rung(rungs_file, name, trained, score, stopped=False)
+            record_rung(rungs_file, rung_record(read_rungs(rungs_file), name, trained, score, False, restarts))
         update_claims(save_dir / "evolve.claims", remove=f"{socket.gethostname()}:{os.getpid()}:{name}")
         shutil.rmtree(save_dir / "candidates" / name, ignore_errors=True)
         header, rows = read_ledger(ledger)
@@ -434,13 +476,16 @@ def warn_rungs_in_warmup(config: TrainConfig) -> None:
 
 def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, project: str = "runs/evolve",
            name: str = "exp", resume: str | None = None, seed: int | None = None, halving: bool = False,
-           backend: str = "file", address: str | None = None, cpus_per_candidate: int = 0) -> Path:
+           backend: str = "file", address: str | None = None, cpus_per_candidate: int = 0,
+           restarts: bool = False) -> Path:
     """`yolo-accel evolve`: one worker here, or `parallel` worker processes sharing the file-locked ledger, or
     (backend "ray") one task per candidate on a Ray cluster (evolve_ray.py); returns the evolve folder."""
     if backend not in ("file", "ray"):
         raise ConfigError(f"--backend must be file or ray, got {backend!r}")
     if generations < 1 or parallel < 1:
         raise ConfigError(f"--generations and --parallel must be at least 1, got {generations} and {parallel}")
+    if restarts and not halving:
+        raise ConfigError("--restarts is how --halving trains its rungs: pass both")
     if backend == "ray" and parallel > 1:
         raise ConfigError("--parallel is for the file backend; with --backend ray the cluster decides how many "
                           "candidates run at once")
@@ -463,18 +508,19 @@ def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, proje
     workers = "a Ray cluster" if backend == "ray" else f"{parallel} worker(s)"
     LOGGER.info(f"evolve: {generations} generations in {save_dir} on {workers}" +
                 (f", successive halving at epochs {', '.join(map(str, rung_epochs(config.resolved().epochs)))}"
-                 if halving else ""))
-    if halving:
+                 + (" (each rung a run of its own)" if restarts else "") if halving else ""))
+    if halving and not restarts:
         warn_rungs_in_warmup(config)
     if backend == "ray":
         from .evolve_ray import evolve_on_ray
 
-        evolve_on_ray(config, save_dir, generations, seed, halving, address, cpus_per_candidate)
+        evolve_on_ray(config, save_dir, generations, seed, halving, address, cpus_per_candidate, restarts)
     elif parallel <= 1:
-        evolve_worker(config, save_dir, generations, seed, halving=halving)
+        evolve_worker(config, save_dir, generations, seed, halving=halving, restarts=restarts)
     else:
+        flags = [flag for flag, on in (("halving", halving), ("restarts", restarts)) if on]
         workers = [subprocess.Popen([sys.executable, "-m", "yolo_accel.evolve", str(save_dir), str(generations),
-                                     "none" if seed is None else str(seed + i), *(["halving"] if halving else [])],
+                                     "none" if seed is None else str(seed + i), *flags],
                                     env={**os.environ, **({"CUDA_VISIBLE_DEVICES": str(i % device_count())}
                                                           if device_count() else {})})
                    for i in range(parallel)]
@@ -496,4 +542,4 @@ if __name__ == "__main__":  # a --parallel worker: python -m yolo_accel.evolve S
     worker_seed = None if sys.argv[3] == "none" else int(sys.argv[3])
     options = yaml.safe_load((folder / "opt.yaml").read_text())
     evolve_worker(TrainConfig.from_dict(options, str(folder / "opt.yaml")), folder, total, worker_seed,
-                  halving="halving" in sys.argv[4:])
+                  halving="halving" in sys.argv[4:], restarts="restarts" in sys.argv[4:])

@@ -30,10 +30,11 @@ from .evolve import (
     judge_rung,
     next_candidate,
     read_rungs,
+    result_fitness,
     rung_epochs,
+    rung_record,
     train_candidate,
 )
-from .metrics import fitness
 
 LOGGER = logging.getLogger("yolo_accel")
 RETRIES = 3  # a task whose worker or node died is run again this many times
@@ -45,8 +46,8 @@ class RungBoard:
     def __init__(self, history: list[dict]):
         self.history = list(history)
 
-    def judge(self, name: str, epochs: int, score: float) -> bool:
-        go_on, record = judge_rung(self.history, name, epochs, score)
+    def judge(self, name: str, epochs: int, score: float, restarts: bool = False) -> bool:
+        go_on, record = judge_rung(self.history, name, epochs, score, restarts)
         if record is not None:
             self.history.append(record)
         return go_on
@@ -60,7 +61,8 @@ class RungBoard:
         return self.history
 
 
-def run_candidate(options: dict, hyp: dict[str, float], folder: str, rungs: tuple[int, ...], board) -> tuple:
+def run_candidate(options: dict, hyp: dict[str, float], folder: str, rungs: tuple[int, ...], board,
+                  restarts: bool = False) -> tuple:
     """One candidate, in a Ray worker: (result columns, epochs trained). Trains in `folder`, or in a local folder
     of the same name where that path cannot be made (a machine without the driver's file system)."""
     import ray
@@ -72,8 +74,10 @@ def run_candidate(options: dict, hyp: dict[str, float], folder: str, rungs: tupl
         where = Path(tempfile.gettempdir()) / "yolo-accel-evolve" / Path(folder).name
         where.mkdir(parents=True, exist_ok=True)
     name = Path(folder).name
-    on_rung = (lambda epochs, score: ray.get(board.judge.remote(name, epochs, score))) if board is not None else None
-    return train_candidate(TrainConfig.from_dict(options, "the evolve driver's options"), hyp, where, on_rung, rungs)
+    on_rung = ((lambda epochs, score: ray.get(board.judge.remote(name, epochs, score, restarts)))
+               if board is not None else None)
+    return train_candidate(TrainConfig.from_dict(options, "the evolve driver's options"), hyp, where, on_rung, rungs,
+                           restarts)
 
 
 def import_ray():
@@ -85,7 +89,8 @@ def import_ray():
 
 
 def evolve_on_ray(config: TrainConfig, save_dir: Path, generations: int, seed: int | None = None,
-                  halving: bool = False, address: str | None = None, cpus_per_candidate: int = 0) -> None:
+                  halving: bool = False, address: str | None = None, cpus_per_candidate: int = 0,
+                  restarts: bool = False) -> None:
     """Run the evolution's candidates as Ray tasks until the ledgers hold `generations` of them."""
     ray = import_ray()
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -109,7 +114,7 @@ def evolve_on_ray(config: TrainConfig, save_dir: Path, generations: int, seed: i
         if chosen is not None:
             name, hyp = chosen
             folder = str((save_dir / "candidates" / name).resolve())
-            running[task.remote(options, hyp, folder, rungs, board)] = (name, hyp, time.perf_counter())
+            running[task.remote(options, hyp, folder, rungs, board, restarts)] = (name, hyp, time.perf_counter())
             continue
         if not running:
             break
@@ -118,8 +123,9 @@ def evolve_on_ray(config: TrainConfig, save_dir: Path, generations: int, seed: i
         results, trained = ray.get(done)
         history = None
         if board is not None:
-            final = {"candidate": name, "epochs": trained, "stopped": trained < epochs,
-                     "fitness": float(fitness(np.array(list(results.values()))[None])[0])}
-            history = ray.get(board.add.remote(final)) if trained >= epochs else ray.get(board.records.remote())
+            history = ray.get(board.records.remote())
+            if trained >= epochs:  # its last record (a stopped one was recorded by its verdict)
+                final = rung_record(history, name, trained, result_fitness(results), False, restarts)
+                history = ray.get(board.add.remote(final))
         finish_candidate(save_dir, name, hyp, results, trained, epochs, generations, time.perf_counter() - start,
                          rungs=history)

@@ -333,11 +333,9 @@ def compute_curve(history: list[dict]) -> tuple[list[int], list[float], list[tup
     best fitness of a candidate trained in full; and each finished candidate as (epochs spent, its fitness,
     stopped at a rung). A candidate finishes with a record that stops it, or at the largest epoch count seen."""
     full_epochs = max((r["epochs"] for r in history), default=0)
-    trained: dict[str, int] = {}
     spent, best, points, curve_x, curve_y = 0, float("nan"), [], [], []
     for record in history:
-        spent += record["epochs"] - trained.get(record["candidate"], 0)
-        trained[record["candidate"]] = record["epochs"]
+        spent += record["spent"]
         if record["stopped"] or record["epochs"] == full_epochs:
             if not record["stopped"]:
                 best = record["fitness"] if best != best else max(best, record["fitness"])
