@@ -211,6 +211,15 @@ def test_halving_with_restarts_trains_each_rung_as_a_run_of_its_own(tiny_data, t
         evolve(config, generations=1, project=str(tmp_path / "x"), restarts=True)
 
 
+def test_a_candidate_whose_run_ended_before_its_row_was_written_is_not_trained_again(tiny_data, tmp_path):
+    config = with_model_defaults(tiny_config(tiny_data))
+    hyp = evolve_module.base_hyp(config)
+    first = evolve_module.train_candidate(config, hyp, tmp_path / "candidate")
+    mtime = (tmp_path / "candidate" / "results.csv").stat().st_mtime_ns
+    assert evolve_module.train_candidate(config, hyp, tmp_path / "candidate") == first  # no "finished its epochs"
+    assert (tmp_path / "candidate" / "results.csv").stat().st_mtime_ns == mtime
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("restarts", [False, True], ids=["one-run", "restarts"])
 def test_a_killed_worker_leaves_its_candidate_and_the_next_one_finishes_it_exactly(tiny_data, tmp_path, restarts):

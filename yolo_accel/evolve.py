@@ -268,11 +268,13 @@ def train_candidate(config: TrainConfig, hyp: dict[str, float], folder: Path,
 
     if restarts:
         for epochs in rungs:
-            results = finished_run(folder / f"epochs{epochs}", epochs) or \
-                train_candidate(replace(config, epochs=epochs), hyp, folder / f"epochs{epochs}")[0]
+            results = train_candidate(replace(config, epochs=epochs), hyp, folder / f"epochs{epochs}")[0]
             if on_rung is not None and epochs < rungs[-1] and not on_rung(epochs, result_fitness(results)):
                 break
         return results, epochs
+    done = finished_run(folder, config.resolved().epochs)
+    if done is not None:  # its worker was stopped after the run ended, before the row was written
+        return done, config.resolved().epochs
     callbacks = Callbacks()
     if on_rung is not None:
         def judge(event) -> None:
