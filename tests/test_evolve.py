@@ -17,6 +17,7 @@ import yaml
 from conftest import REFERENCE
 
 import yolo_accel.evolve as evolve_module
+import yolo_accel.plots as plots
 from yolo_accel.config import ConfigError, TrainConfig, load_hyp
 from yolo_accel.data.demo import write_demo_dataset
 from yolo_accel.evolve import (
@@ -177,6 +178,7 @@ def test_halving_stops_weak_candidates_and_breeds_from_full_ones(tiny_data, tmp_
         return dict(zip(RESULT_KEYS, (0, 0, 0, hyp["lr0"] / 0.9, 0, 0, 0))), rungs[-1]
 
     monkeypatch.setattr(evolve_module, "train_candidate", fake_train)
+    monkeypatch.setattr(plots, "plot_evolve", lambda *args: None)  # evolve.png: tested above; 3 s a redraw here
     config = replace(tiny_config(tiny_data), epochs=9)
     run = evolve(config, generations=12, project=str(tmp_path), seed=0, halving=True)
     header, full = read_ledger(run / "evolve.csv")
