@@ -124,11 +124,8 @@ def read_rungs(path: Path) -> list[dict]:
     for line in path.read_text(errors="replace").splitlines()[1:]:
         fields = line.split(",")
         try:
-            record = {"candidate": fields[0], "epochs": int(fields[1]), "fitness": float(fields[2]),
-                      "stopped": fields[3].strip() == "1"}
-            record["spent"] = int(fields[4]) if len(fields) > 4 else record["epochs"] - max(
-                (r["epochs"] for r in rows if r["candidate"] == record["candidate"]), default=0)
-            rows.append(record)
+            record = rung_record(rows, fields[0], int(fields[1]), float(fields[2]), fields[3].strip() == "1")
+            rows.append({**record, "spent": int(fields[4])} if len(fields) > 4 else record)
         except (IndexError, ValueError):  # a torn row
             continue
     return rows
@@ -272,9 +269,9 @@ def train_candidate(config: TrainConfig, hyp: dict[str, float], folder: Path,
             if on_rung is not None and epochs < rungs[-1] and not on_rung(epochs, result_fitness(results)):
                 break
         return results, epochs
-    done = finished_run(folder, config.resolved().epochs)
-    if done is not None:  # its worker was stopped after the run ended, before the row was written
-        return done, config.resolved().epochs
+    done = last_results(folder)
+    if done[1] >= config.resolved().epochs:  # its worker was stopped after the run ended, before the row was written
+        return done
     callbacks = Callbacks()
     if on_rung is not None:
         def judge(event) -> None:
@@ -294,16 +291,14 @@ def train_candidate(config: TrainConfig, hyp: dict[str, float], folder: Path,
         options = replace(config, hyp=str(hyp_file), project=str(folder.parent), name=folder.name, noval=True,
                           nosave=True, noplots=True, resume=None, exist_ok=True, candidate=True,
                           val_epochs=rungs[:-1])
-    run = train(options, callbacks)
-    rows = read_results(run / "results.csv")
-    return dict(list(rows[-1].items())[4:11]), len(rows)  # after epoch and the three training losses
+    return last_results(train(options, callbacks))
 
 
-def finished_run(folder: Path, epochs: int) -> dict[str, float] | None:
-    """The result columns of a candidate run in `folder` that trained all its `epochs` (a worker killed after it
-    ended), else None."""
+def last_results(folder: Path) -> tuple[dict[str, float], int]:
+    """A candidate run's result columns at its last epoch (after epoch and the three training losses) and the
+    epochs it trained; ({}, 0) before its first epoch ends."""
     rows = read_results(folder / "results.csv")
-    return dict(list(rows[-1].items())[4:11]) if len(rows) >= epochs else None
+    return (dict(list(rows[-1].items())[4:11]), len(rows)) if rows else ({}, 0)
 
 
 def result_fitness(results: dict[str, float] | list[float]) -> float:
@@ -389,9 +384,9 @@ def evolve_worker(config: TrainConfig, save_dir: Path, generations: int, seed: i
         # stopped (Ctrl-C, SIGTERM) or failed, the claim and snapshot stay for the next worker to resume
         results, trained = train_candidate(config, hyp, save_dir / "candidates" / name,
                                            rung_judge(save_dir, name, restarts) if halving else None, rungs,
-                                           restarts and halving)
+                                           restarts)
         finish_candidate(save_dir, name, hyp, results, trained, epochs, generations, time.perf_counter() - start,
-                         restarts=restarts and halving)
+                         restarts=restarts)
 
 
 def finish_candidate(save_dir: Path, name: str, hyp: dict[str, float], results: dict[str, float], trained: int,
