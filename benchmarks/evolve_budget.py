@@ -3,11 +3,11 @@
     python benchmarks/evolve_budget.py --data demo --epochs 9 --candidates 12 --seeds 0 1 2 --out /tmp/evolve-budget \
         [--weights runs/train/exp/weights/best.safetensors] [--modes plain halving restarts]
 
-Modes: plain (YOLOv5's search), halving (`--halving`: rungs within one run), restarts (`--halving --restarts`: each
-rung a run of its own). For each seed (the search's own random draws; every candidate trains with seed 0, as
-`yolo-accel evolve` does) each mode runs one worker over the same number of candidates. Reported per run: the best
-fitness (0.1 mAP50 + 0.9 mAP50-95 of a candidate trained in full), the candidate-epochs spent and the wall time;
-then the means per mode, the plain search's best within the compute each halving run spent, and
+Modes: plain (YOLOv5's search), halving (`--halving`: rungs within one run), restarts (`--halving --restarts`:
+promotions, each rung a run of its own). For each seed (the search's own random draws; every candidate trains
+with seed 0, as `yolo-accel evolve` does) each mode runs one worker over the same number of candidates. Reported
+per run: the best fitness (0.1 mAP50 + 0.9 mAP50-95 of a candidate trained in full), the candidate-epochs spent and
+the wall time; then the means per mode, the plain search's best within the compute each halving run spent, and
 OUT/evolve_budget.png (best fitness against candidate-epochs, every run). Each finished run is appended to
 OUT/runs.jsonl, so an interrupted benchmark continues. The last stdout line is one JSON object.
 """

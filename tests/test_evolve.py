@@ -35,7 +35,6 @@ from yolo_accel.evolve import (
     select_parent,
     warn_rungs_in_warmup,
 )
-from yolo_accel.metrics import fitness
 from yolo_accel.plots import compute_curve
 from yolo_accel.train import with_model_defaults
 
@@ -197,18 +196,85 @@ def test_halving_stops_weak_candidates_and_breeds_from_full_ones(tiny_data, tmp_
     assert load_hyp(run / "hyp_evolve.yaml")["lr0"] == pytest.approx(full[:, header.index("lr0")].max())
 
 
+def check_promotions(history: list[dict], generations: int) -> None:
+    """Successive halving's promotions: each one, when made, was among the top third of its rung's n runs with
+    fewer than n // 3 gone on, or (once every candidate was drawn) the best of its rung; at the end the best of every
+    rung went on."""
+    for i, record in enumerate(history):
+        if record["epochs"] > 3:
+            low = {9: 3, 27: 9}[record["epochs"]]
+            ranked = [r["candidate"] for r in sorted((r for r in history[:i] if r["epochs"] == low),
+                                                     key=lambda r: -r["fitness"])]
+            gone = {r["candidate"] for r in history[:i] if r["epochs"] == record["epochs"]}
+            drawn = len({r["candidate"] for r in history[:i]})
+            assert (record["candidate"] in ranked[:len(ranked) // 3] and len(gone) < len(ranked) // 3) or (
+                drawn == generations and record["candidate"] == ranked[0])
+        assert record["stopped"] == (record["epochs"] < 27)
+    for low, high in ((3, 9), (9, 27)):
+        best = max((r for r in history if r["epochs"] == low), key=lambda r: r["fitness"])["candidate"]
+        assert any(r["candidate"] == best and r["epochs"] == high for r in history)
+
+
+def test_halving_with_restarts_promotes_the_top_third_of_each_rung_and_breeds_from_first_rung_runs(
+        tiny_data, tmp_path, monkeypatch, caplog):
+    """`--halving --restarts` with a stand-in for training whose fitness is lr0: 12 candidates run 3 epochs, at
+    most 4 of them (n // 3) 9 and 1 of those 27, plus the end's best of each rung: about a third of a plain search's
+    324 candidate-epochs; every parent is drawn from all first-rung runs so far; a search too small to promote to
+    the last rung still ends with one candidate trained in full."""
+    runs, parent_pools = [], []
+
+    def fake_train(config, hyp, folder, on_rung=None, rungs=()):
+        assert on_rung is None and folder.name == f"epochs{config.epochs}"  # a run of its own, never stopped
+        runs.append((folder.parent.name, config.epochs))
+        return dict(zip(RESULT_KEYS, (0, 0, 0, hyp["lr0"] / 0.9, 0, 0, 0))), config.epochs
+
+    real_select_parent = evolve_module.select_parent
+
+    def select_parent(rows, rng, parent="single"):
+        parent_pools.append(len(rows))
+        return real_select_parent(rows, rng, parent)
+
+    monkeypatch.setattr(evolve_module, "train_candidate", fake_train)
+    monkeypatch.setattr(evolve_module, "select_parent", select_parent)
+    monkeypatch.setattr(plots, "plot_evolve", lambda *args: None)  # evolve.png: tested above
+    config = replace(tiny_config(tiny_data), epochs=27)
+    with caplog.at_level("INFO", logger="yolo_accel"):
+        run = evolve(config, generations=12, project=str(tmp_path / "a"), seed=0, halving=True, restarts=True)
+    history = read_rungs(run / "evolve_rungs.csv")
+    assert [(r["candidate"], r["epochs"]) for r in history] == runs
+    check_promotions(history, 12)
+    counts = [sum(r["epochs"] == e for r in history) for e in (3, 9, 27)]
+    assert counts[0] == 12 and 4 <= counts[1] <= 5 and 1 <= counts[2] <= 2
+    assert sum(r["spent"] for r in history) == 3 * counts[0] + 9 * counts[1] + 27 * counts[2] <= 99 + 9 + 27
+    assert compute_curve(history)[0][-1] == sum(r["spent"] for r in history)
+    assert parent_pools == list(range(1, 12))  # candidate k drawn from the k first-rung runs before it
+    header, full = read_ledger(run / "evolve.csv")
+    stopped_header, stopped = read_ledger(run / "evolve_stopped.csv")
+    assert stopped_header == [*header, "epochs"] and sorted(stopped[:, -1]) == [3.0] * 12 + [9.0] * counts[1]
+    assert len(full) == counts[2] and load_hyp(run / "hyp_evolve.yaml")["lr0"] == full[:, header.index("lr0")].max()
+    # paused candidates keep their hyps (a longer search may promote them), never a run's folder
+    assert sorted(p.name for p in (run / "candidates").rglob("*") if p.is_file()) == ["candidate.yaml"] * (
+        12 - counts[2])
+    assert "candidate 12/12" in caplog.text and "9/27 epochs (a rung's run)" in caplog.text
+    runs.clear()
+    small = evolve(config, generations=4, project=str(tmp_path / "b"), seed=0, halving=True, restarts=True)
+    assert [e for _, e in runs][:5] == [3, 3, 3, 9, 3]  # 4 // 3 = 1 goes on to 9; then the end's promotions
+    check_promotions(read_rungs(small / "evolve_rungs.csv"), 4)
+    assert len(read_ledger(small / "evolve.csv")[1]) >= 1
+
+
 def test_halving_with_restarts_trains_each_rung_as_a_run_of_its_own(tiny_data, tmp_path):
-    """A rung with restarts is a whole run of its epochs: the first candidate's rung fitness equals a plain search
-    of 1 epoch, its final row a plain search of 3; the compute counts both runs (1 + 3 epochs)."""
+    """A rung with restarts is a whole run of its epochs: the only candidate's first run equals a plain search of
+    1 epoch, its promoted run a plain search of 3; the compute counts both runs (1 + 3 epochs)."""
     config = replace(tiny_config(tiny_data), epochs=3)  # rungs at 1 and 3
     run = evolve(config, generations=1, project=str(tmp_path / "restarts"), seed=0, halving=True, restarts=True)
     short = evolve(replace(config, epochs=1), generations=1, project=str(tmp_path / "short"), seed=0)
     full = evolve(config, generations=1, project=str(tmp_path / "full"), seed=0)
     history = read_rungs(run / "evolve_rungs.csv")
-    assert [(r["epochs"], r["stopped"], r["spent"]) for r in history] == [(1, False, 1), (3, False, 3)]
-    assert history[0]["fitness"] == pytest.approx(float(fitness(read_ledger(short / "evolve.csv")[1])[0]), abs=1e-6)
+    assert [(r["epochs"], r["stopped"], r["spent"]) for r in history] == [(1, True, 1), (3, False, 3)]
+    assert np.array_equal(read_ledger(run / "evolve_stopped.csv")[1][:, :-1], read_ledger(short / "evolve.csv")[1])
     assert np.array_equal(read_ledger(run / "evolve.csv")[1], read_ledger(full / "evolve.csv")[1])
-    assert compute_curve(history)[0] == [4] and not list((run / "candidates").iterdir())
+    assert compute_curve(history)[0] == [1, 4] and not list((run / "candidates").iterdir())
     with pytest.raises(ConfigError, match="--restarts"):
         evolve(config, generations=1, project=str(tmp_path / "x"), restarts=True)
 
@@ -300,7 +366,8 @@ def test_ray_backend_with_halving_fills_the_same_files(tiny_data, tmp_path, rest
                             env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     full, stopped = read_ledger(run / "evolve.csv")[1], read_ledger(run / "evolve_stopped.csv")[1]
-    assert len(full) + len(stopped) == 4
+    # with restarts every first-rung run is a row; 4 // 3 = 1 goes on to 3 epochs, and the best if it was another
+    assert (len(stopped) == 4 and len(full) in (1, 2)) if restarts else len(full) + len(stopped) == 4
     history = read_rungs(run / "evolve_rungs.csv")
     assert {r["epochs"] for r in history} <= {1, 3} and sum(r["epochs"] == 3 for r in history) == len(full)
     assert all(r["spent"] == (r["epochs"] if restarts or r["epochs"] == 1 else 2) for r in history)

@@ -350,8 +350,9 @@ def evolve(
     resume: Annotated[str | None, typer.Option(help="continue the evolve folder at PATH")] = None,
     halving: Annotated[bool, typer.Option("--halving", help="successive halving: stop candidates that rank in the "
                                                             "bottom two thirds at epochs E/9 and E/3")] = False,
-    restarts: Annotated[bool, typer.Option("--restarts", help="with --halving: each rung a whole run of its epochs "
-                                                              "(E/9, then E/3, then E, each from the start)")] = False,
+    restarts: Annotated[bool, typer.Option("--restarts", help="with --halving: promotions, each rung a "
+                                                              "whole run of its epochs (every candidate E/9; the top "
+                                                              "third of a rung's runs go on to the next)")] = False,
     backend: Annotated[str, typer.Option(help="file (workers sharing a locked ledger) or ray (one task per "
                                               "candidate on a Ray cluster)")] = "file",
     address: Annotated[str | None, typer.Option(help="--backend ray: the cluster's address [default: $RAY_ADDRESS, "

@@ -11,10 +11,13 @@ candidate validates at rung epochs E/9, E/3 (factor 3) and stops at a rung where
 third of what earlier candidates reached there (the first at a rung always goes on); stopped candidates go to
 evolve_stopped.csv, not evolve.csv, so parents (and hyp_evolve.yaml) come only from candidates trained in full,
 whose fitness is comparable. Every candidate's rung results, in the order they happened, are in evolve_rungs.csv.
-With `restarts` (successive halving with restarts), a rung is a whole training run of its epochs, learning-rate
-schedule and EMA included: a candidate trains E/9 epochs, and one that goes on trains again from the start for E/3,
-then for E. It costs more per surviving candidate (1.44 E for one trained in full) but ranks candidates by what a
-short schedule reaches, not by an epoch inside a long one's warmup.
+With `restarts` (successive halving with promotions), a rung is a whole training run of its epochs, learning-rate
+schedule and EMA included: every candidate trains E/9 epochs; a worker's next run is a promotion where there is
+one (ASHA's, held to successive halving's budget: a rung of n runs sends at most n // 3 on, each the best of its
+top third not yet gone on) to a run of the next rung's epochs from the start, else a new candidate; at the end the
+best of every rung goes on. Every run is a row (evolve_stopped.csv with its epochs, or evolve.csv at E) and a rung
+record; parents are drawn from every candidate's first-rung run, the one fitness all have. At most n E/3
+candidate-epochs for n candidates (n E/9 at each of the three rungs), and the end's few runs.
 """
 
 from __future__ import annotations
@@ -253,22 +256,15 @@ def adopt_claim(path: Path, orphans: list[str], candidates: Path) -> str | None:
 
 def train_candidate(config: TrainConfig, hyp: dict[str, float], folder: Path,
                     on_rung: Callable[[int, float], bool] | None = None,
-                    rungs: tuple[int, ...] = (), restarts: bool = False) -> tuple[dict[str, float], int]:
+                    rungs: tuple[int, ...] = ()) -> tuple[dict[str, float], int]:
     """Train one candidate in `folder` (validation only at its rungs and last epoch, a snapshot every epoch; a
-    folder with a snapshot is resumed). Returns its 7 result columns by name (P, R, mAP50, mAP50-95 and the
-    validation losses, whose names are the model's) at the epoch it ended, and the epochs it trained.
-    `on_rung(epochs, fitness)` is asked at each rung before the last whether to go on. With `restarts`, each rung
-    is a run of its own from the start (in folder/epochsN), judged when it ends."""
+    folder with a snapshot is resumed; one whose run ended is read back). Returns its 7 result columns by name (P,
+    R, mAP50, mAP50-95 and the validation losses, whose names are the model's) at the epoch it ended, and the epochs
+    it trained. `on_rung(epochs, fitness)` is asked at each rung before the last whether to go on."""
     from .callbacks import Callbacks
     from .state import StateError, snapshots
     from .train import train
 
-    if restarts:
-        for epochs in rungs:
-            results = train_candidate(replace(config, epochs=epochs), hyp, folder / f"epochs{epochs}")[0]
-            if on_rung is not None and epochs < rungs[-1] and not on_rung(epochs, result_fitness(results)):
-                break
-        return results, epochs
     done = last_results(folder)
     if done[1] >= config.resolved().epochs:  # its worker was stopped after the run ended, before the row was written
         return done
@@ -320,37 +316,106 @@ def next_candidate(save_dir: Path, base: dict[str, float], generations: int, rng
         done = len(rows) + len(read_ledger(save_dir / "evolve_stopped.csv")[1])
         if done + len(read_claims(claims)) >= generations:  # the rest is being trained by other workers
             return None
-        if len(rows):
-            chosen = select_parent(rows, rng, parent)
-            hyp = mutate({k: float(chosen[header.index(k)]) for k in base if k in header}, rng)
-        else:
-            hyp = clamp(base)
-        name = f"{socket.gethostname()}-{os.getpid()}-{n}"
-        (candidates / name).mkdir(parents=True, exist_ok=True)
-        atomic_write(candidates / name / "candidate.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(hyp,
-                                                                                                   sort_keys=False)))
-        update_claims(claims, add=f"{socket.gethostname()}:{os.getpid()}:{name}")
+        return new_candidate(save_dir, header, rows, base, rng, parent, n)
+
+
+def new_candidate(save_dir: Path, header: list[str], rows: np.ndarray, base: dict[str, float],
+                  rng: np.random.Generator, parent: str, n: int) -> tuple[str, dict[str, float]]:
+    """A candidate bred from a parent drawn from `rows` (the base hyps while there are none), with its folder
+    (candidate.yaml) and its claim; with the ledger locked."""
+    if len(rows):
+        chosen = select_parent(rows, rng, parent)
+        hyp = mutate({k: float(chosen[header.index(k)]) for k in base if k in header}, rng)
+    else:
+        hyp = clamp(base)
+    name = f"{socket.gethostname()}-{os.getpid()}-{n}"
+    folder = save_dir / "candidates" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "candidate.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(hyp, sort_keys=False)))
+    update_claims(save_dir / "evolve.claims", add=f"{socket.gethostname()}:{os.getpid()}:{name}")
     return name, hyp
 
 
-def judge_rung(history: list[dict], name: str, epochs: int, score: float,
-               restarts: bool = False) -> tuple[bool, dict | None]:
+def promotion(history: list[dict], rungs: tuple[int, ...], busy: set[str], last: bool) -> str | None:
+    """Successive halving's promotions, made as runs end (ASHA's, Li et al., "A System for Massively Parallel
+    Hyperparameter Tuning", held to successive halving's budget): from the highest rung down, a rung with n runs
+    recorded sends at most n // 3 of them on in all, each time the best of its top third that has not gone on (nor
+    is running). When `last` (no candidate left to draw, none running), the best run of a rung that has not gone
+    on does, so a search ends with the best of every rung tried at the next, and at least one trained in full."""
+    pairs = list(itertools.pairwise(rungs))[::-1]
+    for low, high in pairs:
+        ranked = [r["candidate"] for r in sorted((r for r in history if r["epochs"] == low),
+                                                 key=lambda r: -r["fitness"])]
+        gone = {r["candidate"] for r in history if r["epochs"] == high} | (busy & set(ranked))
+        allowed = len(ranked) // RUNG_FACTOR
+        top = [name for name in ranked[:allowed] if name not in gone]
+        if top and len(gone) < allowed:
+            return top[0]
+        if last and ranked and ranked[0] not in gone:
+            return ranked[0]
+    return None
+
+
+def first_rung_rows(save_dir: Path, rungs: tuple[int, ...]) -> tuple[list[str], np.ndarray]:
+    """Every candidate's run at the first rung (evolve_stopped.csv rows of those epochs, without the epochs
+    column): the parents with promotions, the one fitness every candidate has and all are comparable by."""
+    if len(rungs) == 1:
+        return read_ledger(save_dir / "evolve.csv")
+    header, rows = read_ledger(save_dir / "evolve_stopped.csv")
+    if not len(rows):
+        return header[:-1], rows
+    return header[:-1], rows[rows[:, -1] == rungs[0]][:, :-1]
+
+
+def next_job(save_dir: Path, base: dict[str, float], generations: int, rng: np.random.Generator, parent: str,
+             n: int, rungs: tuple[int, ...]) -> tuple[str, dict[str, float], int] | None:
+    """Successive halving with promotions (`--halving --restarts`), with the ledger locked: the run a killed worker
+    of this machine left (resumed), else a promotion, else a new candidate's first rung while fewer than
+    `generations` were drawn; claimed. (candidate, hyps, epochs of the run), or None when nothing is left to start."""
+    ledger, claims, candidates = save_dir / "evolve.csv", save_dir / "evolve.claims", save_dir / "candidates"
+    with locked(ledger):
+        history = read_rungs(save_dir / "evolve_rungs.csv")
+        name = adopt_claim(claims, update_claims(claims), candidates)
+        if name is not None:
+            LOGGER.info(f"evolve: resuming candidate {name}, which a stopped worker left")
+            return name, yaml.safe_load((candidates / name / "candidate.yaml").read_text()), \
+                next_rung(history, name, rungs)
+        busy = {claim.split(":", 2)[2] for claim in read_claims(claims) if claim.count(":") >= 2}
+        drawn = len(busy | {r["candidate"] for r in history})
+        name = promotion(history, rungs, busy, last=drawn >= generations and not busy)
+        if name is not None:
+            update_claims(claims, add=f"{socket.gethostname()}:{os.getpid()}:{name}")
+            return name, yaml.safe_load((candidates / name / "candidate.yaml").read_text()), \
+                next_rung(history, name, rungs)
+        if drawn >= generations:
+            return None
+        name, hyp = new_candidate(save_dir, *first_rung_rows(save_dir, rungs), base, rng, parent, n)
+    return name, hyp, rungs[0]
+
+
+def next_rung(history: list[dict], name: str, rungs: tuple[int, ...]) -> int:
+    """The epochs of a candidate's next run: the first rung above those it was recorded at."""
+    done = max((r["epochs"] for r in history if r["candidate"] == name), default=0)
+    return next((epochs for epochs in rungs if epochs > done), rungs[-1])
+
+
+def judge_rung(history: list[dict], name: str, epochs: int, score: float) -> tuple[bool, dict | None]:
     """Whether candidate `name` goes on past the rung at `epochs` (keep_training against what earlier candidates
     recorded there), and the record to add (None when it was judged there before a restart: the same verdict)."""
     mine = [r for r in history if r["candidate"] == name and r["epochs"] == epochs]
     if mine:
         return not mine[0]["stopped"], None
     go_on = keep_training([r["fitness"] for r in history if r["epochs"] == epochs], score)
-    return go_on, rung_record(history, name, epochs, score, not go_on, restarts)
+    return go_on, rung_record(history, name, epochs, score, not go_on)
 
 
-def rung_judge(save_dir: Path, name: str, restarts: bool = False) -> Callable[[int, float], bool]:
+def rung_judge(save_dir: Path, name: str) -> Callable[[int, float], bool]:
     """on_rung for a candidate of the file-locked ledger: judge_rung against evolve_rungs.csv, recorded there."""
     ledger, rungs_file = save_dir / "evolve.csv", save_dir / "evolve_rungs.csv"
 
     def on_rung(epochs: int, score: float) -> bool:
         with locked(ledger):
-            go_on, record = judge_rung(read_rungs(rungs_file), name, epochs, score, restarts)
+            go_on, record = judge_rung(read_rungs(rungs_file), name, epochs, score)
             if record is not None:
                 record_rung(rungs_file, record)
         return go_on
@@ -370,21 +435,29 @@ def base_hyp(config: TrainConfig) -> dict[str, float]:
 
 def evolve_worker(config: TrainConfig, save_dir: Path, generations: int, seed: int | None = None,
                   parent: str = "single", halving: bool = False, restarts: bool = False) -> None:
-    """Run candidates until the ledgers hold `generations` of them (counting every worker's)."""
+    """Run candidates until the ledgers hold `generations` of them (counting every worker's); with `restarts`,
+    runs (next_job: promotions and new candidates) until none is left to start."""
     base = base_hyp(config)
     epochs = config.resolved().epochs
     rungs = rung_epochs(epochs) if halving else (epochs,)
     rng = np.random.default_rng(seed if seed is not None else [os.getpid(), time.time_ns()])
     for n in itertools.count():
-        chosen = next_candidate(save_dir, base, generations, rng, parent, n)
-        if chosen is None:
+        if restarts:
+            job = next_job(save_dir, base, generations, rng, parent, n, rungs)
+        else:
+            chosen = next_candidate(save_dir, base, generations, rng, parent, n)
+            job = None if chosen is None else (*chosen, epochs)
+        if job is None:
             break
-        name, hyp = chosen
+        name, hyp, run_epochs = job
         start = time.perf_counter()
         # stopped (Ctrl-C, SIGTERM) or failed, the claim and snapshot stay for the next worker to resume
-        results, trained = train_candidate(config, hyp, save_dir / "candidates" / name,
-                                           rung_judge(save_dir, name, restarts) if halving else None, rungs,
-                                           restarts)
+        if restarts:
+            results, trained = train_candidate(replace(config, epochs=run_epochs), hyp,
+                                               save_dir / "candidates" / name / f"epochs{run_epochs}")
+        else:
+            results, trained = train_candidate(config, hyp, save_dir / "candidates" / name,
+                                               rung_judge(save_dir, name) if halving else None, rungs)
         finish_candidate(save_dir, name, hyp, results, trained, epochs, generations, time.perf_counter() - start,
                          restarts=restarts)
 
@@ -395,7 +468,8 @@ def finish_candidate(save_dir: Path, name: str, hyp: dict[str, float], results: 
     """A finished candidate's row (evolve.csv if trained in full, else evolve_stopped.csv with its epochs), its
     claim and folder gone, hyp_evolve.yaml and the plots updated, a progress line; all with the ledger locked.
     `rungs`: every rung record, this candidate's last one included, to write as evolve_rungs.csv (a driver that
-    holds them); without it the record is appended to the file."""
+    holds them); without it the record is appended to the file. With `restarts` this is one rung's run: every
+    run is recorded, and a candidate short of `epochs` keeps candidate.yaml (it may be promoted later)."""
     ledger, stopped_ledger, rungs_file = save_dir / "evolve.csv", save_dir / "evolve_stopped.csv", \
         save_dir / "evolve_rungs.csv"
     score = result_fitness(results)
@@ -406,26 +480,29 @@ def finish_candidate(save_dir: Path, name: str, hyp: dict[str, float], results: 
             append_row(stopped_ledger, {**hyp, "epochs": float(trained)}, tuple(results.values()), tuple(results))
         if rungs is not None:
             write_rungs(rungs_file, rungs)
-        elif trained >= epochs:
-            record_rung(rungs_file, rung_record(read_rungs(rungs_file), name, trained, score, False, restarts))
+        elif trained >= epochs or restarts:
+            record_rung(rungs_file, rung_record(read_rungs(rungs_file), name, trained, score, trained < epochs,
+                                                restarts))
         update_claims(save_dir / "evolve.claims", remove=f"{socket.gethostname()}:{os.getpid()}:{name}")
-        shutil.rmtree(save_dir / "candidates" / name, ignore_errors=True)
+        done = save_dir / "candidates" / name
+        shutil.rmtree(done / f"epochs{trained}" if restarts and trained < epochs else done, ignore_errors=True)
         header, rows = read_ledger(ledger)
-        count = len(rows) + len(read_ledger(stopped_ledger)[1])
+        history = read_rungs(rungs_file)
+        count = len({r["candidate"] for r in history}) if restarts else len(rows) + len(read_ledger(stopped_ledger)[1])
         best = write_best(save_dir, header, rows) if len(rows) else None
-        report_progress(save_dir, header, rows, read_rungs(rungs_file), count, generations, score, best, trained,
-                        epochs, seconds)
+        report_progress(save_dir, header, rows, history, count, generations, score, best, trained, epochs, seconds,
+                        "a rung's run" if restarts else "stopped at a rung")
 
 
 def report_progress(save_dir: Path, header: list[str], rows: np.ndarray, history: list[dict], count: int,
                     generations: int, score: float, best: int | None, trained: int, epochs: int,
-                    seconds: float) -> None:
+                    seconds: float, short: str = "stopped at a rung") -> None:
     """One line per finished candidate; evolve.png and evolve_compute.png redrawn (with the lock held, so workers
     never write a plot at once)."""
     from .plots import plot_evolve, plot_evolve_compute
 
     best_text = f"best {fitness(rows)[best]:.4f} (generation {best})" if best is not None else "no full candidate yet"
-    how = f"{trained}/{epochs} epochs" + (" (stopped at a rung)" if trained < epochs else "")
+    how = f"{trained}/{epochs} epochs" + (f" ({short})" if trained < epochs else "")
     LOGGER.info(f"evolve: candidate {count}/{generations} fitness {score:.4f}, {best_text}, {how}, {seconds:.1f}s")
     if len(rows):
         plot_evolve(save_dir / "evolve.csv", header, rows)
@@ -505,7 +582,7 @@ def evolve(config: TrainConfig, generations: int = 300, parallel: int = 1, proje
     workers = "a Ray cluster" if backend == "ray" else f"{parallel} worker(s)"
     LOGGER.info(f"evolve: {generations} generations in {save_dir} on {workers}" +
                 (f", successive halving at epochs {', '.join(map(str, rung_epochs(config.resolved().epochs)))}"
-                 + (" (each rung a run of its own)" if restarts else "") if halving else ""))
+                 + (" (with promotions, each rung a run of its own)" if restarts else "") if halving else ""))
     if halving and not restarts:
         warn_rungs_in_warmup(config)
     if backend == "ray":

@@ -4,7 +4,8 @@ One driver (this process) owns the ledger: it breeds each candidate from the lat
 task with the resources it needs (one GPU each where the cluster has GPUs, else `cpus_per_candidate` CPUs), and
 writes a task's row when it returns, so machines without a shared file system can take part (the dataset path must
 exist on each). The same files as the file-locked backend: evolve.csv, evolve_stopped.csv, evolve_rungs.csv,
-hyp_evolve.yaml, evolve.png. Successive halving's rung verdicts come from an actor that holds the rung records.
+hyp_evolve.yaml, evolve.png. Successive halving's rung verdicts come from an actor that holds the rung records;
+with --restarts (promotions) the driver picks each run, a promotion or a new candidate, as a slot frees.
 
 A task lost with its worker or node is retried (`max_retries`); it trains in the candidate's folder
 (save_dir/candidates/NAME where that path can be written, else a local one), so a retry on the same machine or
@@ -29,6 +30,7 @@ from .evolve import (
     finish_candidate,
     judge_rung,
     next_candidate,
+    next_job,
     read_rungs,
     result_fitness,
     rung_epochs,
@@ -46,8 +48,8 @@ class RungBoard:
     def __init__(self, history: list[dict]):
         self.history = list(history)
 
-    def judge(self, name: str, epochs: int, score: float, restarts: bool = False) -> bool:
-        go_on, record = judge_rung(self.history, name, epochs, score, restarts)
+    def judge(self, name: str, epochs: int, score: float) -> bool:
+        go_on, record = judge_rung(self.history, name, epochs, score)
         if record is not None:
             self.history.append(record)
         return go_on
@@ -61,8 +63,7 @@ class RungBoard:
         return self.history
 
 
-def run_candidate(options: dict, hyp: dict[str, float], folder: str, rungs: tuple[int, ...], board,
-                  restarts: bool = False) -> tuple:
+def run_candidate(options: dict, hyp: dict[str, float], folder: str, rungs: tuple[int, ...], board) -> tuple:
     """One candidate, in a Ray worker: (result columns, epochs trained). Trains in `folder`, or in a local folder
     of the same name where that path cannot be made (a machine without the driver's file system)."""
     import ray
@@ -74,10 +75,8 @@ def run_candidate(options: dict, hyp: dict[str, float], folder: str, rungs: tupl
         where = Path(tempfile.gettempdir()) / "yolo-accel-evolve" / Path(folder).name
         where.mkdir(parents=True, exist_ok=True)
     name = Path(folder).name
-    on_rung = ((lambda epochs, score: ray.get(board.judge.remote(name, epochs, score, restarts)))
-               if board is not None else None)
-    return train_candidate(TrainConfig.from_dict(options, "the evolve driver's options"), hyp, where, on_rung, rungs,
-                           restarts)
+    on_rung = (lambda epochs, score: ray.get(board.judge.remote(name, epochs, score))) if board is not None else None
+    return train_candidate(TrainConfig.from_dict(options, "the evolve driver's options"), hyp, where, on_rung, rungs)
 
 
 def import_ray():
@@ -91,7 +90,8 @@ def import_ray():
 def evolve_on_ray(config: TrainConfig, save_dir: Path, generations: int, seed: int | None = None,
                   halving: bool = False, address: str | None = None, cpus_per_candidate: int = 0,
                   restarts: bool = False) -> None:
-    """Run the evolution's candidates as Ray tasks until the ledgers hold `generations` of them."""
+    """Run the evolution's candidates as Ray tasks until the ledgers hold `generations` of them (with `restarts`,
+    promotions and new candidates until none is left to start: the driver asks next_job again as each returns)."""
     ray = import_ray()
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
@@ -105,16 +105,27 @@ def evolve_on_ray(config: TrainConfig, save_dir: Path, generations: int, seed: i
                 f"{slots} candidate(s) at once ({'1 GPU' if gpus else f'{cpus} CPUs'} each)")
     epochs = config.resolved().epochs
     rungs = rung_epochs(epochs) if halving else (epochs,)
-    board = ray.remote(RungBoard).remote(read_rungs(save_dir / "evolve_rungs.csv")) if halving else None
+    board = ray.remote(RungBoard).remote(read_rungs(save_dir / "evolve_rungs.csv")) if halving and not restarts \
+        else None
     base, options = base_hyp(config), config.to_dict()
     rng = np.random.default_rng(seed if seed is not None else [os.getpid(), time.time_ns()])
     running: dict = {}  # task reference -> (name, hyp, start)
     for n in itertools.count():
-        chosen = next_candidate(save_dir, base, generations, rng, "single", n) if len(running) < slots else None
-        if chosen is not None:
-            name, hyp = chosen
-            folder = str((save_dir / "candidates" / name).resolve())
-            running[task.remote(options, hyp, folder, rungs, board, restarts)] = (name, hyp, time.perf_counter())
+        job = None
+        if len(running) < slots and restarts:
+            job = next_job(save_dir, base, generations, rng, "single", n, rungs)
+        elif len(running) < slots:
+            chosen = next_candidate(save_dir, base, generations, rng, "single", n)
+            job = None if chosen is None else (*chosen, epochs)
+        if job is not None:
+            name, hyp, run_epochs = job
+            folder = (save_dir / "candidates" / name).resolve()
+            if restarts:  # one rung's run
+                ref = task.remote({**options, "epochs": run_epochs}, hyp, str(folder / f"epochs{run_epochs}"),
+                                  (run_epochs,), None)
+            else:
+                ref = task.remote(options, hyp, str(folder), rungs, board)
+            running[ref] = (name, hyp, time.perf_counter())
             continue
         if not running:
             break
@@ -125,7 +136,7 @@ def evolve_on_ray(config: TrainConfig, save_dir: Path, generations: int, seed: i
         if board is not None:
             history = ray.get(board.records.remote())
             if trained >= epochs:  # its last record (a stopped one was recorded by its verdict)
-                final = rung_record(history, name, trained, result_fitness(results), False, restarts)
+                final = rung_record(history, name, trained, result_fitness(results), False)
                 history = ray.get(board.add.remote(final))
         finish_candidate(save_dir, name, hyp, results, trained, epochs, generations, time.perf_counter() - start,
-                         rungs=history)
+                         rungs=history, restarts=restarts)

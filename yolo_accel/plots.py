@@ -353,7 +353,7 @@ def plot_evolve_compute(path: Path, history: list[dict]) -> Path | None:
         return None
     fig, ax = _subplots(1, 1, figsize=(6, 4), tight_layout=True)
     ax.step(curve_x, curve_y, where="post", color="C0", label="best fitness (full candidates)")
-    for stopped, colour, label in ((False, "C0", "full candidate"), (True, "0.6", "stopped at a rung")):
+    for stopped, colour, label in ((False, "C0", "full candidate"), (True, "0.6", "at a rung, short of full")):
         chosen = [(x, y) for x, y, s in points if s == stopped]
         if chosen:
             ax.scatter(*zip(*chosen), s=14, color=colour, label=label, zorder=3)
