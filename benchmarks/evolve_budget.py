@@ -42,8 +42,9 @@ def parse() -> argparse.Namespace:
 
 def run_search(args: argparse.Namespace, seed: int, mode: str) -> dict:
     from yolo_accel.config import TrainConfig
-    from yolo_accel.evolve import evolve, read_rungs
+    from yolo_accel.evolve import evolve
     from yolo_accel.plots import compute_curve
+    from yolo_accel.rungs import read_rungs
 
     name = f"{mode}-seed{seed}"
     config = TrainConfig(data=args.data, model=args.cfg, weights=args.weights, epochs=args.epochs, imgsz=args.img,

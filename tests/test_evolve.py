@@ -26,16 +26,14 @@ from yolo_accel.evolve import (
     append_row,
     clamp,
     evolve,
-    keep_training,
     locked,
     mutate,
     read_ledger,
-    read_rungs,
-    rung_epochs,
     select_parent,
     warn_rungs_in_warmup,
 )
 from yolo_accel.plots import compute_curve
+from yolo_accel.rungs import keep_training, read_rungs, rung_epochs
 from yolo_accel.train import with_model_defaults
 
 

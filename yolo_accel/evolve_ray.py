@@ -28,15 +28,12 @@ from .config import ConfigError, TrainConfig
 from .evolve import (
     base_hyp,
     finish_candidate,
-    judge_rung,
     next_candidate,
     next_job,
-    read_rungs,
     result_fitness,
-    rung_epochs,
-    rung_record,
     train_candidate,
 )
+from .rungs import judge_rung, read_rungs, rung_epochs, rung_record
 
 LOGGER = logging.getLogger("yolo_accel")
 RETRIES = 3  # a task whose worker or node died is run again this many times
