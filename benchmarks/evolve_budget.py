@@ -47,15 +47,21 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def run_search(args: argparse.Namespace, seed: int, mode: str) -> dict:
+def candidate_config(args: argparse.Namespace):
+    """The training options every candidate of every search shares."""
     from yolo_accel.config import TrainConfig
+
+    return TrainConfig(data=args.data, model=args.cfg, weights=args.weights, epochs=args.epochs, imgsz=args.img,
+                       batch_size=args.batch_size, workers=args.workers)
+
+
+def run_search(args: argparse.Namespace, seed: int, mode: str) -> dict:
     from yolo_accel.evolve import evolve
     from yolo_accel.plots import compute_curve
     from yolo_accel.rungs import read_rungs
 
     name = f"{mode}-seed{seed}"
-    config = TrainConfig(data=args.data, model=args.cfg, weights=args.weights, epochs=args.epochs, imgsz=args.img,
-                         batch_size=args.batch_size, workers=args.workers)
+    config = candidate_config(args)
     start = time.perf_counter()
     folder = evolve(config, generations=args.candidates, project=str(args.out), name=name, resume=str(args.out / name),
                     seed=seed, halving=mode != "plain", restarts=mode == "restarts")
@@ -72,14 +78,12 @@ def retrain(args: argparse.Namespace, run: dict, train_seed: int) -> dict:
 
     import yaml
 
-    from yolo_accel.config import TrainConfig
     from yolo_accel.evolve import result_fitness, train_candidate
     from yolo_accel.train import with_model_defaults
 
     name = f"{run['mode']}-seed{run['seed']}"
     hyp = yaml.safe_load((args.out / name / "hyp_evolve.yaml").read_text())
-    config = with_model_defaults(TrainConfig(data=args.data, model=args.cfg, weights=args.weights, epochs=args.epochs,
-                                             imgsz=args.img, batch_size=args.batch_size, workers=args.workers))
+    config = with_model_defaults(candidate_config(args))
     results, _ = train_candidate(replace(config, seed=train_seed), hyp,
                                  args.out / "retrain" / name / f"train-seed{train_seed}")
     return {"mode": run["mode"], "seed": run["seed"], "train_seed": train_seed,
