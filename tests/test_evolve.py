@@ -261,6 +261,33 @@ def test_halving_with_restarts_promotes_the_top_third_of_each_rung_and_breeds_fr
     assert len(read_ledger(small / "evolve.csv")[1]) >= 1
 
 
+def test_halving_with_restarts_breeds_from_the_longest_rung_with_five_runs(tiny_data, tmp_path, monkeypatch):
+    """36 candidates: 12 go on to 9 epochs and 4 to 27. Parents come from the first-rung runs until 5 runs of 9
+    epochs are recorded, then from those only (each row the 9-epoch run's, not the candidate's 3-epoch one)."""
+    pools = []
+
+    def fake_train(config, hyp, folder, on_rung=None, rungs=()):
+        return dict(zip(RESULT_KEYS, (0, 0, 0, hyp["lr0"] * config.epochs, 0, 0, 0))), config.epochs
+
+    real_select_parent = evolve_module.select_parent
+
+    def select_parent(rows, rng, parent="single"):
+        history = read_rungs(tmp_path / "exp" / "evolve_rungs.csv")
+        longest = next(e for e in (27, 9, 3) if sum(r["epochs"] == e for r in history) >= 5 or e == 3)
+        expected = sorted(r["fitness"] for r in history if r["epochs"] == longest)
+        assert np.allclose(sorted(0.1 * rows[:, 2] + 0.9 * rows[:, 3]), expected, rtol=1e-5)
+        pools.append(longest)
+        return real_select_parent(rows, rng, parent)
+
+    monkeypatch.setattr(evolve_module, "train_candidate", fake_train)
+    monkeypatch.setattr(evolve_module, "select_parent", select_parent)
+    monkeypatch.setattr(plots, "plot_evolve", lambda *args: None)
+    config = replace(tiny_config(tiny_data), epochs=27)
+    run = evolve(config, generations=36, project=str(tmp_path), seed=0, halving=True, restarts=True)
+    assert run == tmp_path / "exp" and len(pools) == 35
+    assert pools[0] == 3 and pools[-1] == 9 and pools == sorted(pools)
+
+
 def test_halving_with_restarts_trains_each_rung_as_a_run_of_its_own(tiny_data, tmp_path):
     """A rung with restarts is a whole run of its epochs: the only candidate's first run equals a plain search of
     1 epoch, its promoted run a plain search of 3; the compute counts both runs (1 + 3 epochs)."""

@@ -16,8 +16,9 @@ schedule and EMA included: every candidate trains E/9 epochs; a worker's next ru
 one (ASHA's, held to successive halving's budget: a rung of n runs sends at most n // 3 on, each the best of its
 top third not yet gone on) to a run of the next rung's epochs from the start, else a new candidate; at the end the
 best of every rung goes on. Every run is a row (evolve_stopped.csv with its epochs, or evolve.csv at E) and a rung
-record; parents are drawn from every candidate's first-rung run, the one fitness all have. At most n E/3
-candidate-epochs for n candidates (n E/9 at each of the three rungs), and the end's few runs.
+record; parents are drawn from the runs of the longest rung that holds at least 5 (every candidate's first-rung
+run until then), as fitness is comparable within a rung only. At most n E/3 candidate-epochs for n candidates
+(n E/9 at each of the three rungs), and the end's few runs.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from .rungs import (
 
 LOGGER = logging.getLogger("yolo_accel")
 RESULT_KEYS = METRIC_COLUMNS
+PARENTS = 5  # YOLOv5 draws a parent from the top 5 by fitness
 # (mutation gain, lower bound, upper bound) per hyperparameter, YOLOv5 v7.0's; gain 0 keeps it fixed
 BOUNDS = {
     "lr0": (1, 1e-5, 1e-1), "lrf": (1, 0.01, 1.0), "momentum": (0.3, 0.6, 0.98), "weight_decay": (1, 0.0, 0.001),
@@ -93,7 +95,7 @@ def clamp(hyp: dict[str, float]) -> dict[str, float]:
 
 def select_parent(rows: np.ndarray, rng: np.random.Generator, parent: str = "single") -> np.ndarray:
     """From ledger rows (n, 7 + hyps): the top 5 by fitness, one drawn by fitness weight (or their weighted mean)."""
-    n = min(5, len(rows))
+    n = min(PARENTS, len(rows))
     top = rows[np.argsort(-fitness(rows))][:n]
     weights = fitness(top) - fitness(top).min() + 1e-6
     if parent == "weighted" and n > 1:
@@ -293,15 +295,19 @@ def new_candidate(save_dir: Path, header: list[str], rows: np.ndarray, base: dic
     return name, hyp
 
 
-def first_rung_rows(save_dir: Path, rungs: tuple[int, ...]) -> tuple[list[str], np.ndarray]:
-    """Every candidate's run at the first rung (evolve_stopped.csv rows of those epochs, without the epochs
-    column): the parents with promotions, the one fitness every candidate has and all are comparable by."""
-    if len(rungs) == 1:
-        return read_ledger(save_dir / "evolve.csv")
+def parent_rows(save_dir: Path, rungs: tuple[int, ...]) -> tuple[list[str], np.ndarray]:
+    """The parents with promotions: the runs of the longest rung that holds at least PARENTS of them (the runs in
+    full in evolve.csv, a shorter rung's in evolve_stopped.csv, without the epochs column), else every candidate's
+    first-rung run. Fitness is comparable within a rung only, and the longest rung judged by enough runs is the
+    closest to what a candidate trained in full reaches (BOHB's rule for the budget its model learns from)."""
+    header, full = read_ledger(save_dir / "evolve.csv")
+    if len(rungs) == 1 or len(full) >= PARENTS:
+        return header, full
     header, rows = read_ledger(save_dir / "evolve_stopped.csv")
     if not len(rows):
         return header[:-1], rows
-    return header[:-1], rows[rows[:, -1] == rungs[0]][:, :-1]
+    epochs = next((e for e in rungs[-2::-1] if (rows[:, -1] == e).sum() >= PARENTS), rungs[0])
+    return header[:-1], rows[rows[:, -1] == epochs][:, :-1]
 
 
 def next_job(save_dir: Path, base: dict[str, float], generations: int, rng: np.random.Generator, parent: str,
@@ -326,7 +332,7 @@ def next_job(save_dir: Path, base: dict[str, float], generations: int, rng: np.r
                 next_rung(history, name, rungs)
         if drawn >= generations:
             return None
-        name, hyp = new_candidate(save_dir, *first_rung_rows(save_dir, rungs), base, rng, parent, n)
+        name, hyp = new_candidate(save_dir, *parent_rows(save_dir, rungs), base, rng, parent, n)
     return name, hyp, rungs[0]
 
 
